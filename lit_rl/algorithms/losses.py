@@ -1,0 +1,196 @@
+"""Policy and value losses: GRPO (and its aggregation variants), PPO, clipped value loss."""
+
+from typing import Literal
+
+import torch
+
+KLEstimator = Literal["k1", "k2", "k3"]
+LossType = Literal["grpo", "dr_grpo", "dapo"]
+Aggregation = Literal["sequence_mean", "token_mean", "constant_normalizer"]
+
+# How each loss_type reduces per-token losses [N, T] to a scalar; only the aggregation differs.
+_AGGREGATION: dict[str, Aggregation] = {
+    # DeepSeekMath Eq. 3: 1/G sum_i 1/|o_i| sum_t
+    "grpo": "sequence_mean",
+    # Dr. GRPO (Liu et al., 2025, Eq. 2): no 1/|o_i| length bias; a constant normaliser.
+    "dr_grpo": "constant_normalizer",
+    # DAPO (Yu et al., 2025, Eq. 12): token-level mean over all tokens of the batch.
+    "dapo": "token_mean",
+}
+
+
+def masked_mean(
+    values: torch.Tensor,  # [N, T]
+    mask: torch.Tensor,  # [N, T] bool
+    dim: int | None = None,
+) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` is True (over ``dim``, or over everything)."""
+    weights = mask.to(values.dtype)
+    if dim is None:
+        return (values * weights).sum() / weights.sum().clamp(min=1)
+    return (values * weights).sum(dim) / weights.sum(dim).clamp(min=1)
+
+
+def aggregate(
+    per_token: torch.Tensor,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    aggregation: Aggregation,
+) -> torch.Tensor:  # []
+    """Reduce per-token values to a scalar.
+
+    - ``sequence_mean``: mean over each completion's tokens, then over completions.
+    - ``token_mean``: mean over every counted token of the batch (long answers weigh more).
+    - ``constant_normalizer``: sum over counted tokens / (N * T); T is the padded length, so
+      pad completions to ``max_completion_length`` for Dr. GRPO's exact constant.
+    """
+    if aggregation == "sequence_mean":
+        return masked_mean(per_token, completion_mask, dim=1).mean()
+    if aggregation == "token_mean":
+        return masked_mean(per_token, completion_mask)
+    if aggregation == "constant_normalizer":
+        return (per_token * completion_mask).sum() / completion_mask.numel()
+    raise ValueError(
+        f"unknown aggregation {aggregation!r}: use one of {list(_AGGREGATION.values())}"
+    )
+
+
+def kl_penalty(
+    logprobs: torch.Tensor,  # [N, T]
+    ref_logprobs: torch.Tensor,  # [N, T]
+    estimator: KLEstimator = "k3",
+) -> torch.Tensor:  # [N, T]
+    """Per-token estimate of KL(pi || pi_ref) from sampled tokens (Schulman, 2020).
+
+    k1 = log pi - log pi_ref; k2 = (log pi - log pi_ref)^2 / 2;
+    k3 = pi_ref/pi - log(pi_ref/pi) - 1 (DeepSeekMath Eq. 4: unbiased and always >= 0).
+    """
+    log_ratio = ref_logprobs - logprobs  # log(pi_ref / pi)
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    if estimator == "k3":
+        return torch.exp(log_ratio) - log_ratio - 1
+    raise ValueError(f"unknown KL estimator {estimator!r}: use 'k1', 'k2' or 'k3'")
+
+
+def _clipped_surrogate(
+    logprobs: torch.Tensor,  # [N, T]
+    old_logprobs: torch.Tensor,  # [N, T]
+    advantages: torch.Tensor,  # [N, T]
+    epsilon: float,
+    epsilon_high: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's ``min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A)`` per token.
+
+    Returns (surrogate [N, T], ratio [N, T], clipped [N, T] bool: the clip was the minimum).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    high = epsilon if epsilon_high is None else epsilon_high
+    clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + high)
+    unclipped_term = ratio * advantages
+    clipped_term = clipped_ratio * advantages
+    surrogate = torch.minimum(unclipped_term, clipped_term)
+    return surrogate, ratio, clipped_term < unclipped_term
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,  # [N, T]
+    old_logprobs: torch.Tensor,  # [N, T]
+    ref_logprobs: torch.Tensor | None,  # [N, T]
+    advantages: torch.Tensor,  # [N] or [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    beta: float = 0.04,
+    loss_type: LossType = "grpo",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO objective, negated to a loss.
+
+    ``loss_type="grpo"`` is DeepSeekMath Eq. 3 exactly::
+
+        J = 1/G sum_i 1/|o_i| sum_t [ min(r_it A_it, clip(r_it, 1-eps, 1+eps) A_it)
+                                      - beta * D_KL,it ]
+
+    with ``r_it = pi(o_it) / pi_old(o_it)`` and ``D_KL`` the k3 estimator (Eq. 4). At
+    ``r = 1`` its gradient per token is Eq. 21: ``(A + beta (pi_ref/pi - 1)) grad log pi``.
+    ``epsilon_high`` decouples the upper clip (DAPO's clip-higher); ``dr_grpo`` and ``dapo``
+    change only the aggregation (see ``aggregate``). ``advantages`` of shape [N] (outcome
+    supervision) apply to every token of a completion.
+
+    Returns ``(loss, stats)``; stats are detached: ``kl`` (mean k3 over counted tokens),
+    ``clip_ratio`` (fraction of counted tokens where the clip was active), ``ratio``.
+    """
+    if loss_type not in _AGGREGATION:
+        raise ValueError(f"unknown loss_type {loss_type!r}: use one of {list(_AGGREGATION)}")
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    advantages = advantages.expand_as(logprobs)
+    surrogate, ratio, clipped = _clipped_surrogate(
+        logprobs, old_logprobs, advantages, epsilon, epsilon_high
+    )
+    per_token_objective = surrogate
+    stats: dict[str, torch.Tensor] = {}
+    if beta != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("beta != 0 needs ref_logprobs; pass beta=0.0 to train without KL")
+        kl = kl_penalty(logprobs, ref_logprobs, "k3")
+        per_token_objective = per_token_objective - beta * kl
+        stats["kl"] = masked_mean(kl, completion_mask).detach()
+    loss = -aggregate(per_token_objective, completion_mask, _AGGREGATION[loss_type])
+    stats["clip_ratio"] = masked_mean(clipped.to(logprobs.dtype), completion_mask).detach()
+    stats["ratio"] = masked_mean(ratio, completion_mask).detach()
+    return loss, stats
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor,  # [N, T]
+    old_logprobs: torch.Tensor,  # [N, T]
+    advantages: torch.Tensor,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    aggregation: Aggregation = "token_mean",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped surrogate (Schulman et al., 2017, Eq. 7), negated to a loss.
+
+    The KL to the reference is not here: PPO folds it into the per-token reward before GAE.
+    Returns ``(loss, stats)`` with ``clip_ratio``, ``ratio`` and ``approx_kl`` (k3 between old
+    and current policy, a step-size diagnostic).
+    """
+    surrogate, ratio, clipped = _clipped_surrogate(
+        logprobs, old_logprobs, advantages, epsilon, epsilon_high
+    )
+    loss = -aggregate(surrogate, completion_mask, aggregation)
+    stats = {
+        "clip_ratio": masked_mean(clipped.to(logprobs.dtype), completion_mask).detach(),
+        "ratio": masked_mean(ratio, completion_mask).detach(),
+        "approx_kl": masked_mean(
+            kl_penalty(logprobs, old_logprobs, "k3"), completion_mask
+        ).detach(),
+    }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor,  # [N, T]
+    old_values: torch.Tensor,  # [N, T]
+    returns: torch.Tensor,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    clip_range: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss (PPO2 baselines; Ouyang et al., 2022):
+    ``1/2 * mean(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2))`` over counted tokens.
+
+    Returns ``(loss, stats)`` with ``value_clip_ratio`` (fraction where the clipped term won).
+    """
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_error = (values - returns) ** 2
+    clipped_error = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), completion_mask)
+    stats = {
+        "value_clip_ratio": masked_mean(
+            (clipped_error > unclipped_error).to(values.dtype), completion_mask
+        ).detach(),
+    }
+    return loss, stats

@@ -1,0 +1,27 @@
+"""Model loading (embedded default, local directory, hub id), LoRA, reference, value model."""
+
+from lit_rl.models.export import save_policy
+from lit_rl.models.loader import (
+    EMBEDDED_ALIASES,
+    embedded_model_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
+from lit_rl.models.lora import apply_lora, merged_state_dict
+from lit_rl.models.reference import frozen_copy, reference_model
+from lit_rl.models.value_head import ValueModel
+
+__all__ = [
+    "EMBEDDED_ALIASES",
+    "ValueModel",
+    "apply_lora",
+    "embedded_model_dir",
+    "frozen_copy",
+    "load_model",
+    "load_tokenizer",
+    "merged_state_dict",
+    "reference_model",
+    "resolve_model_path",
+    "save_policy",
+]

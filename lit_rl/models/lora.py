@@ -1,0 +1,38 @@
+"""LoRA adapters (peft) on a causal LM, and merging them into plain weights."""
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from transformers import PreTrainedModel
+
+
+def apply_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
+    """Wrap ``model`` with trainable LoRA adapters; the base weights are frozen."""
+    config.task_type = config.task_type or "CAUSAL_LM"
+    return get_peft_model(model, config)
+
+
+def lora_layers(model: PeftModel) -> list[LoraLayer]:
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+
+@torch.no_grad()
+def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every active adapter's delta added, in plain names.
+
+    Unlike ``merge_and_unload`` this leaves ``model`` untouched (training goes on), at the
+    cost of one extra copy of the adapted weight matrices.
+    """
+    base = model.get_base_model()
+    deltas = {}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
+            deltas[f"{name}.base_layer.weight"] = (weight + delta.to(weight.dtype)).detach()
+    state = {}
+    for key, value in base.state_dict().items():
+        if ".lora_" in key:
+            continue
+        state[key.replace(".base_layer.", ".")] = deltas.get(key, value)
+    return state

@@ -1,0 +1,41 @@
+import math
+
+import torch
+
+from lit_rl.algorithms import entropy_from_logits, token_logprobs
+
+
+def test_token_logprobs_hand_values():
+    # logits [0, ln 3] -> softmax [1/4, 3/4]; at temperature 2 logits [0, ln 3 / 2] -> [1, sqrt 3]
+    logits = torch.tensor([[[0.0, math.log(3)]]], dtype=torch.float64)
+    labels = torch.tensor([[1]])
+    assert abs(token_logprobs(logits, labels).item() - math.log(0.75)) < 1e-12
+    expected = math.log(math.sqrt(3) / (1 + math.sqrt(3)))
+    assert abs(token_logprobs(logits, labels, temperature=2.0).item() - expected) < 1e-12
+
+
+def test_token_logprobs_matches_full_log_softmax_across_chunks():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 11, (3, 5), generator=g)
+    expected = torch.log_softmax(logits / 0.7, -1).gather(-1, labels[..., None]).squeeze(-1)
+    got = token_logprobs(logits, labels, temperature=0.7, chunk_size=4)  # 15 rows, 4 chunks
+    assert got.shape == (3, 5)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_token_logprobs_bf16_in_float32_out_with_gradient():
+    logits = torch.randn(2, 3, 7).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, 7, (2, 3))
+    lp = token_logprobs(logits, labels, chunk_size=2)
+    assert lp.dtype == torch.float32
+    lp.sum().backward()
+    # d/dlogits of log p[label] = onehot - softmax: each row's gradient sums to 0
+    assert logits.grad.float().sum(-1).abs().max() < 1e-2
+
+
+def test_entropy_uniform_and_peaked():
+    uniform = torch.zeros(1, 2, 8)
+    torch.testing.assert_close(entropy_from_logits(uniform), torch.full((1, 2), math.log(8)))
+    peaked = torch.tensor([[[0.0, -1e4, -1e4]]])
+    assert entropy_from_logits(peaked).abs().item() < 1e-6

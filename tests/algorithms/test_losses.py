@@ -1,0 +1,158 @@
+import math
+
+import pytest
+import torch
+
+from lit_rl.algorithms import aggregate, grpo_loss, kl_penalty, ppo_policy_loss, value_loss
+
+F64 = dict(dtype=torch.float64)
+LN2, LN15 = math.log(2), math.log(1.5)
+
+
+def test_kl_estimators_hand_values():
+    # pi = 0.5, pi_ref = 0.25: log(pi/pi_ref) = ln 2
+    lp, ref = torch.tensor([math.log(0.5)], **F64), torch.tensor([math.log(0.25)], **F64)
+    assert kl_penalty(lp, ref, "k1").item() == pytest.approx(LN2, abs=1e-12)
+    assert kl_penalty(lp, ref, "k2").item() == pytest.approx(0.5 * LN2**2, abs=1e-12)
+    # k3 = pi_ref/pi - log(pi_ref/pi) - 1 = 0.5 + ln 2 - 1
+    assert kl_penalty(lp, ref, "k3").item() == pytest.approx(0.5 + LN2 - 1, abs=1e-12)
+    with pytest.raises(ValueError, match="k1"):
+        kl_penalty(lp, ref, "k4")  # type: ignore[arg-type]
+
+
+def test_k3_is_nonnegative_and_zero_at_equality():
+    g = torch.Generator().manual_seed(0)
+    lp, ref = torch.randn(50, 7, generator=g, **F64), torch.randn(50, 7, generator=g, **F64)
+    assert (kl_penalty(lp, ref, "k3") >= 0).all()
+    assert torch.equal(kl_penalty(lp, lp, "k3"), torch.zeros_like(lp))
+
+
+def _hand_batch():
+    # Completion 0 (A = 1, 2 tokens):    log ratio [0, ln 1.5], log(pi_ref/pi) [0, ln 2]
+    # Completion 1 (A = -0.5, 1 token):  log ratio [ln 0.5],    log(pi_ref/pi) [0]
+    lp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], **F64)
+    old = lp - torch.tensor([[0.0, LN15], [math.log(0.5), 0.0]], **F64)
+    ref = lp + torch.tensor([[0.0, LN2], [0.0, 0.0]], **F64)
+    mask = torch.tensor([[True, True], [True, False]])
+    adv = torch.tensor([1.0, -0.5], **F64)
+    return lp, old, ref, adv, mask
+
+
+def test_grpo_loss_hand_values():
+    lp, old, ref, adv, mask = _hand_batch()
+    loss, stats = grpo_loss(lp, old, ref, adv, mask, epsilon=0.2, beta=0.1)
+    # c0 t0: ratio 1, min(1, 1) = 1, k3 = 0                       -> 1
+    # c0 t1: ratio 1.5 clipped to 1.2 -> 1.2, k3 = 2 - ln2 - 1     -> 1.2 - 0.1 (1 - ln 2)
+    # c1 t0: ratio .5, min(.5 * -.5, .8 * -.5) = -.4, k3 = 0        -> -.4
+    # Eq. 3: mean over tokens per completion, then over completions, negated.
+    k3 = 1 - LN2
+    expected = -(((1 + 1.2 - 0.1 * k3) / 2) + (-0.4)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert stats["clip_ratio"].item() == pytest.approx(2 / 3, abs=1e-12)  # c0t1 and c1t0
+    assert stats["kl"].item() == pytest.approx(k3 / 3, abs=1e-12)
+
+
+def test_loss_types_change_only_aggregation():
+    lp, old, ref, adv, mask = _hand_batch()
+    k3 = 1 - LN2
+    tokens = [1.0, 1.2 - 0.1 * k3, -0.4]  # per-token objectives from the test above
+    dapo, _ = grpo_loss(lp, old, ref, adv, mask, beta=0.1, loss_type="dapo")
+    assert dapo.item() == pytest.approx(-sum(tokens) / 3, abs=1e-12)  # token mean
+    dr, _ = grpo_loss(lp, old, ref, adv, mask, beta=0.1, loss_type="dr_grpo")
+    assert dr.item() == pytest.approx(-sum(tokens) / (2 * 2), abs=1e-12)  # / (N * T)
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        grpo_loss(lp, old, ref, adv, mask, loss_type="ppo")  # type: ignore[arg-type]
+
+
+def test_epsilon_high_decouples_upper_clip():
+    lp, old, ref, adv, mask = _hand_batch()
+    # With epsilon_high = 0.6 the ratio 1.5 is no longer clipped: c0t1 = 1.5 - 0.1 k3
+    loss, stats = grpo_loss(lp, old, ref, adv, mask, beta=0.1, epsilon_high=0.6)
+    k3 = 1 - LN2
+    assert loss.item() == pytest.approx(-(((1 + 1.5 - 0.1 * k3) / 2) - 0.4) / 2, abs=1e-12)
+    assert stats["clip_ratio"].item() == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_grpo_loss_matches_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    n, t, eps, beta = 6, 5, 0.2, 0.04
+    lp = torch.randn(n, t, generator=g, **F64) * 0.3 - 1
+    old = lp + torch.randn(n, t, generator=g, **F64) * 0.3
+    ref = lp + torch.randn(n, t, generator=g, **F64) * 0.3
+    adv = torch.randn(n, t, generator=g, **F64)
+    lengths = [5, 1, 3, 4, 2, 5]
+    mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    loss, _ = grpo_loss(lp, old, ref, adv, mask, epsilon=eps, beta=beta)
+    total = 0.0
+    for i in range(n):
+        seq = 0.0
+        for k in range(lengths[i]):
+            r = math.exp(lp[i, k] - old[i, k])
+            a = adv[i, k].item()
+            surrogate = min(r * a, min(max(r, 1 - eps), 1 + eps) * a)
+            q = math.exp(ref[i, k] - lp[i, k])
+            seq += surrogate - beta * (q - math.log(q) - 1)
+        total += seq / lengths[i]
+    assert loss.item() == pytest.approx(-total / n, abs=1e-12)
+
+
+def test_grpo_gradient_is_eq21_at_ratio_one():
+    # DeepSeekMath Eq. 21: at pi = pi_old, d J / d log pi_t = A + beta (pi_ref / pi - 1),
+    # times Eq. 3's weights 1 / (G |o_i|) for a single group.
+    g = torch.Generator().manual_seed(4)
+    n, t, beta = 4, 6, 0.04
+    lp = (torch.randn(n, t, generator=g, **F64) - 1).requires_grad_()
+    ref = lp.detach() + torch.randn(n, t, generator=g, **F64) * 0.5
+    adv = torch.randn(n, generator=g, **F64)
+    lengths = torch.tensor([6, 2, 4, 1])
+    mask = torch.arange(t)[None, :] < lengths[:, None]
+    loss, stats = grpo_loss(lp, lp.detach(), ref, adv, mask, beta=beta)
+    loss.backward()
+    coefficient = adv[:, None] + beta * (torch.exp(ref - lp.detach()) - 1)
+    expected = coefficient / (n * lengths[:, None]) * mask
+    torch.testing.assert_close(-lp.grad, expected, rtol=0, atol=1e-12)
+    assert stats["clip_ratio"].item() == 0.0
+
+
+def test_beta_zero_needs_no_reference():
+    lp, old, _, adv, mask = _hand_batch()
+    loss, stats = grpo_loss(lp, old, None, adv, mask, beta=0.0)
+    assert "kl" not in stats and torch.isfinite(loss)
+    with pytest.raises(ValueError, match="beta=0.0"):
+        grpo_loss(lp, old, None, adv, mask, beta=0.04)
+
+
+def test_ppo_policy_loss_hand_values():
+    # Tokens: (ratio 1.5, A 2) -> min(3, 2.4) = 2.4; (ratio .5, A 1) -> min(.5, .8) = .5;
+    # third token masked. Token mean over 2 counted tokens, negated: -(2.4 + .5) / 2
+    lp = torch.zeros(1, 3, **F64)
+    old = -torch.log(torch.tensor([[1.5, 0.5, 7.0]], **F64))
+    adv = torch.tensor([[2.0, 1.0, 5.0]], **F64)
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = ppo_policy_loss(lp, old, adv, mask, epsilon=0.2)
+    assert loss.item() == pytest.approx(-(2.4 + 0.5) / 2, abs=1e-12)
+    assert stats["clip_ratio"].item() == pytest.approx(0.5, abs=1e-12)
+    # approx_kl: k3 with log(pi_old/pi) = [-ln 1.5, ln 2] -> (1/1.5 + ln 1.5 - 1 + 2 - ln 2 - 1)/2
+    expected_kl = (1 / 1.5 + LN15 - 1 + 2 - LN2 - 1) / 2
+    assert stats["approx_kl"].item() == pytest.approx(expected_kl, abs=1e-12)
+
+
+def test_value_loss_hand_values():
+    # token 0: V .5, V_old .0, R 1: clipped V .2 -> max(.25, .64) = .64 (clipped wins)
+    # token 1: V 1., V_old 1., R 0: max(1, 1) = 1
+    # token 2: masked. 0.5 * mean(.64, 1) = .41
+    values = torch.tensor([[0.5, 1.0, 9.0]], **F64)
+    old = torch.tensor([[0.0, 1.0, 0.0]], **F64)
+    returns = torch.tensor([[1.0, 0.0, 0.0]], **F64)
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = value_loss(values, old, returns, mask, clip_range=0.2)
+    assert loss.item() == pytest.approx(0.41, abs=1e-12)
+    assert stats["value_clip_ratio"].item() == pytest.approx(0.5, abs=1e-12)
+
+
+def test_aggregate_hand_values():
+    x = torch.tensor([[1.0, 3.0, 100.0], [2.0, 100.0, 100.0]], **F64)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    assert aggregate(x, mask, "sequence_mean").item() == pytest.approx((2 + 2) / 2)
+    assert aggregate(x, mask, "token_mean").item() == pytest.approx(6 / 3)
+    assert aggregate(x, mask, "constant_normalizer").item() == pytest.approx(6 / 6)
