@@ -18,7 +18,7 @@ from lit_rl.algorithms.advantages import (
     process_supervised_advantages,
     whiten,
 )
-from lit_rl.algorithms.logprobs import entropy_from_logits, token_logprobs
+from lit_rl.algorithms.logprobs import token_logprobs, token_logprobs_with_entropy
 from lit_rl.algorithms.losses import (
     LossType,
     aggregate,
@@ -32,7 +32,6 @@ from lit_rl.algorithms.losses import (
 __all__ = [
     "LossType",
     "aggregate",
-    "entropy_from_logits",
     "gae",
     "group_normalized_advantages",
     "grpo_loss",
@@ -41,6 +40,7 @@ __all__ = [
     "ppo_policy_loss",
     "process_supervised_advantages",
     "token_logprobs",
+    "token_logprobs_with_entropy",
     "value_loss",
     "whiten",
 ]

@@ -38,7 +38,9 @@ def _embedded_gguf() -> Path:
         )
     gguf = Path(spec.origin).parent / EMBEDDED_GGUF
     if not gguf.is_file():
-        raise FileNotFoundError(f"{gguf} is missing from the '{EMBEDDED_PACKAGE}' wheel; reinstall it")
+        raise FileNotFoundError(
+            f"{gguf} is missing from the '{EMBEDDED_PACKAGE}' wheel; reinstall it"
+        )
     return gguf
 
 
@@ -109,7 +111,7 @@ def load_model(
     """A causal LM from the embedded default, a local directory or a hub id."""
     resolved = resolve_model_path(name_or_path)
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             resolved, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
         )
     except OSError as err:
@@ -117,6 +119,21 @@ def load_model(
             f"could not load model '{name_or_path}': {err}\nPass a local directory with "
             "config.json and weights, 'embedded', or a hub id reachable from this machine."
         ) from err
+    _contiguous_lm_head_input(model)
+    return model
+
+
+def _contiguous_lm_head_input(model: PreTrainedModel) -> None:
+    """Make the output projection see contiguous hidden states.
+
+    ``logits_to_keep`` slices the last positions, a non-contiguous view; ``F.linear`` on it
+    falls back to a batched matmul that materialises one copy of the [V, H] weight per row
+    (measured: 1.1 s of a 6 s training forward on SmolLM2-135M). A contiguous input folds into
+    one matmul instead.
+    """
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
 
 
 def load_tokenizer(name_or_path: str = "embedded") -> PreTrainedTokenizerBase:

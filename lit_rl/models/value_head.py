@@ -23,7 +23,9 @@ class ValueModel(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = "embedded", dtype: DType = "float32") -> "ValueModel":
+    def from_pretrained(
+        cls, name_or_path: str = "embedded", dtype: DType = "float32"
+    ) -> "ValueModel":
         backbone = AutoModel.from_pretrained(
             resolve_model_path(name_or_path), dtype=getattr(torch, dtype)
         )

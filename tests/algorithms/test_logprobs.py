@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from lit_rl.algorithms import entropy_from_logits, token_logprobs
+from lit_rl.algorithms import token_logprobs, token_logprobs_with_entropy
 
 
 def test_token_logprobs_hand_values():
@@ -35,7 +35,20 @@ def test_token_logprobs_bf16_in_float32_out_with_gradient():
 
 
 def test_entropy_uniform_and_peaked():
-    uniform = torch.zeros(1, 2, 8)
-    torch.testing.assert_close(entropy_from_logits(uniform), torch.full((1, 2), math.log(8)))
-    peaked = torch.tensor([[[0.0, -1e4, -1e4]]])
-    assert entropy_from_logits(peaked).abs().item() < 1e-6
+    labels = torch.zeros(1, 2, dtype=torch.long)
+    _, uniform = token_logprobs_with_entropy(torch.zeros(1, 2, 8), labels)
+    torch.testing.assert_close(uniform, torch.full((1, 2), math.log(8)))
+    _, peaked = token_logprobs_with_entropy(torch.tensor([[[0.0, -1e4, -1e4]] * 2]), labels)
+    assert peaked.abs().max() < 1e-6
+
+
+def test_entropy_matches_definition_on_non_contiguous_logits():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 6, 9, generator=g, dtype=torch.float64)[:, :-1]  # a sliced view
+    labels = torch.randint(0, 9, (4, 5), generator=g)
+    lp, entropy = token_logprobs_with_entropy(logits, labels, temperature=1.3, chunk_size=7)
+    logp = torch.log_softmax(logits / 1.3, -1)
+    torch.testing.assert_close(entropy, -(logp.exp() * logp).sum(-1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        lp, logp.gather(-1, labels[..., None]).squeeze(-1), rtol=0, atol=1e-12
+    )

@@ -44,7 +44,10 @@ def test_missing_path_error_says_what_to_pass(tmp_path):
 
 
 def test_hub_ids_pass_through():
-    assert resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
+        == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
 
 
 def test_tokenizer_without_pad_gets_one(tiny_model_dir, tmp_path):

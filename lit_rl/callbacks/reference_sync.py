@@ -1,0 +1,79 @@
+"""ReferenceSyncCallback: move pi_ref towards the policy every k steps (TR-DPO, Gorbatovski et
+al., 2024: ``ref <- alpha * policy + (1 - alpha) * ref``)."""
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lit_rl.models.lora import lora_layers
+
+
+class ReferenceSyncCallback(Callback):
+    """Every ``ref_sync_steps`` optimizer steps, mix the policy into the reference.
+
+    - Frozen-copy reference (full fine-tuning): its weights are lerped towards the policy's.
+    - LoRA (reference = base weights with adapters off): ``alpha`` of every adapter's delta
+      ``B A`` is merged into the base weights and ``B`` is scaled by ``1 - alpha``. The policy
+      (base + adapter) is unchanged, the reference becomes the mix, and no second copy of the
+      model exists. The adapters' optimizer state is reset, as for a fresh adapter.
+
+    Args:
+        ref_sync_steps: optimizer steps between syncs (TRL's ``ref_model_sync_steps``).
+        ref_sync_mixup_alpha: alpha; 1.0 makes the reference equal to the policy.
+    """
+
+    def __init__(self, ref_sync_steps: int = 64, ref_sync_mixup_alpha: float = 0.6) -> None:
+        if ref_sync_steps < 1:
+            raise ValueError(f"ref_sync_steps must be >= 1, got {ref_sync_steps}")
+        if not 0 < ref_sync_mixup_alpha <= 1:
+            raise ValueError(f"ref_sync_mixup_alpha must be in (0, 1], got {ref_sync_mixup_alpha}")
+        self.ref_sync_steps = ref_sync_steps
+        self.alpha = ref_sync_mixup_alpha
+        self.last_sync_step = 0  # in checkpoints, so a resumed run keeps the schedule
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "policy") or not hasattr(pl_module, "reference"):
+            raise TypeError(
+                "ReferenceSyncCallback needs a lit_rl PolicyModule (policy + reference)"
+            )
+        if getattr(pl_module, "beta", 0) == 0:
+            raise ValueError(
+                "ReferenceSyncCallback with beta = 0: there is no reference to sync; "
+                "remove the callback or set beta > 0"
+            )
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step - self.last_sync_step >= self.ref_sync_steps:
+            self.sync(pl_module, trainer.optimizers)
+            self.last_sync_step = step
+
+    @torch.no_grad()
+    def sync(
+        self, pl_module: LightningModule, optimizers: list[torch.optim.Optimizer] = ()
+    ) -> None:
+        if pl_module.reference is not None:
+            for ref, param in zip(
+                pl_module.reference.parameters(), pl_module.policy.parameters(), strict=True
+            ):
+                ref.lerp_(param.to(ref.dtype), self.alpha)
+            return
+        adapter_params = []
+        for layer in lora_layers(pl_module.policy):
+            for adapter in layer.active_adapters:
+                base = layer.get_base_layer().weight
+                base += self.alpha * layer.get_delta_weight(adapter).to(base.dtype)
+                layer.lora_B[adapter].weight.mul_(1 - self.alpha)
+                adapter_params += [layer.lora_A[adapter].weight, layer.lora_B[adapter].weight]
+        for optimizer in optimizers:
+            for param in adapter_params:
+                optimizer.state.pop(param, None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_sync_step": self.last_sync_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_sync_step = state_dict["last_sync_step"]

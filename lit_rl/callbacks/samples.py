@@ -1,0 +1,47 @@
+"""SampleLoggerCallback: a TensorBoard text panel of prompts, completions and rewards."""
+
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>")
+
+
+class SampleLoggerCallback(Callback):
+    """Every ``every_n_steps`` steps, log one prompt's group of completions as a Markdown table
+    under ``rollout/samples`` (TensorBoard's Text tab).
+
+    Args:
+        every_n_steps: optimizer steps between panels.
+        max_completions: rows per panel.
+    """
+
+    def __init__(self, every_n_steps: int = 10, max_completions: int = 8) -> None:
+        if every_n_steps < 1 or max_completions < 1:
+            raise ValueError(
+                f"every_n_steps and max_completions must be >= 1, got "
+                f"{every_n_steps}, {max_completions}"
+            )
+        self.every_n_steps = every_n_steps
+        self.max_completions = max_completions
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        rollout = batch.get("rollout") if isinstance(batch, dict) else None
+        if rollout is None or batch_idx % self.every_n_steps:
+            return
+        rows = ["| reward | advantage | prompt | completion |", "|---|---|---|---|"]
+        for i in range(min(self.max_completions, len(rollout.completions))):
+            advantage = rollout.advantages[i]
+            advantage = advantage.mean() if advantage.dim() else advantage
+            rows.append(
+                f"| {rollout.rewards[i].item():.3f} | {advantage.item():+.3f} | "
+                f"{_cell(rollout.prompts[i])} | {_cell(rollout.completions[i])} |"
+            )
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("rollout/samples", "\n".join(rows), trainer.global_step)

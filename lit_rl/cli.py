@@ -1,0 +1,25 @@
+"""``lit-rl``: LightningCLI over lit_rl's modules and data. ``lit-rl fit --config recipes/x.yaml``."""
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+
+class LitRLCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
+        # The data module tokenizes with the model's tokenizer and chat template.
+        parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+
+
+def main(args: list[str] | None = None) -> LitRLCLI:
+    return LitRLCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""PromptDataModule: batches of chat-templated, left-padded prompts with their dataset fields."""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import load_dataset
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lit_rl.data.math_problems import train_test_split
+from lit_rl.models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MATH = "embedded_math"
+Row = dict[str, Any]
+
+
+def load_rows(source: str, split: str) -> list[Row]:
+    """Rows of a local ``.jsonl``/``.json``/``.parquet`` file or of a ``datasets`` name."""
+    path = Path(source).expanduser()
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".json", ".parquet"}:
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"data file '{source}' does not exist: pass an existing "
+                ".jsonl/.json/.parquet file, a datasets name, or 'embedded_math'"
+            )
+        builder = "parquet" if suffix == ".parquet" else "json"
+        return list(load_dataset(builder, data_files=str(path), split="train"))
+    return list(load_dataset(source, split=split))
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompts for RL fine-tuning.
+
+    Each batch holds ``input_ids``/``attention_mask`` [B, P] (chat template applied, left
+    padded), ``prompt`` (the user text, B strings) and every other dataset field as a list of
+    B values, which rewards read by name (e.g. ``answer``).
+
+    Args:
+        tokenizer: model name or directory whose tokenizer and chat template are used
+            (LightningCLI links it to the model's name).
+        train_data: ``embedded_math`` (procedural math, shipped), a ``.jsonl``/``.json``/
+            ``.parquet`` file, or a ``datasets`` name.
+        val_data: the same kinds; ``None`` = the embedded test split for ``embedded_math``,
+            else no validation.
+        prompt_field: dataset column holding the question.
+        prompt_suffix: text appended to every question (e.g. the answer format to use).
+        system_prompt: optional system message.
+        batch_size: prompts per training step (each sampled ``num_generations`` times).
+        val_batch_size: prompts per validation batch.
+        max_prompt_length: prompts longer than this (in tokens, template included) are an
+            error, or dropped with a logged count when ``drop_long_prompts``.
+        num_train: size of the embedded training split.
+        num_val: size of the embedded test split (and a cap on any validation set).
+        seed: shuffling and embedded-train seed; the embedded test split uses ``seed + 1``.
+        train_split: split name for ``datasets`` names.
+        val_split: split name for ``datasets`` names.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str = "embedded",
+        train_data: str = EMBEDDED_MATH,
+        val_data: str | None = None,
+        prompt_field: str = "question",
+        prompt_suffix: str = "",
+        system_prompt: str | None = None,
+        batch_size: int = 2,
+        val_batch_size: int = 32,
+        max_prompt_length: int = 256,
+        drop_long_prompts: bool = False,
+        num_train: int = 5000,
+        num_val: int = 200,
+        seed: int = 0,
+        train_split: str = "train",
+        val_split: str = "test",
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or val_batch_size < 1:
+            raise ValueError(
+                f"batch sizes must be >= 1, got batch_size={batch_size}, "
+                f"val_batch_size={val_batch_size}"
+            )
+        if max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
+        self.tokenizer_name = tokenizer
+        self.train_data, self.val_data = train_data, val_data
+        self.prompt_field, self.prompt_suffix, self.system_prompt = (
+            prompt_field,
+            prompt_suffix,
+            system_prompt,
+        )
+        self.batch_size, self.val_batch_size = batch_size, val_batch_size
+        self.max_prompt_length, self.drop_long_prompts = max_prompt_length, drop_long_prompts
+        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.train_split, self.val_split = train_split, val_split
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.train_rows: list[Row] = []
+        self.val_rows: list[Row] = []
+
+    def _raw_rows(self) -> tuple[list[Row], list[Row]]:
+        if self.train_data == EMBEDDED_MATH:
+            train, val = train_test_split(self.num_train, self.num_val, self.seed, self.seed + 1)
+        else:
+            train, val = load_rows(self.train_data, self.train_split), []
+        if self.val_data == EMBEDDED_MATH:
+            val = train_test_split(0, self.num_val, self.seed, self.seed + 1)[1]
+        elif self.val_data is not None:
+            val = load_rows(self.val_data, self.val_split)
+        return train, val[: self.num_val]
+
+    def _prepare(self, rows: list[Row], name: str) -> list[Row]:
+        prepared, too_long = [], 0
+        for index, row in enumerate(rows):
+            if self.prompt_field not in row:
+                raise KeyError(
+                    f"{name} row {index} has no field '{self.prompt_field}' (fields: "
+                    f"{sorted(row)}); set prompt_field to the question column"
+                )
+            prompt = str(row[self.prompt_field]) + self.prompt_suffix
+            messages = [{"role": "user", "content": prompt}]
+            if self.system_prompt is not None:
+                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+            if len(ids) > self.max_prompt_length:
+                if not self.drop_long_prompts:
+                    raise ValueError(
+                        f"{name} row {index} is {len(ids)} tokens with the chat template, "
+                        f"longer than max_prompt_length={self.max_prompt_length}: raise "
+                        "max_prompt_length, shorten the prompt, or set "
+                        "drop_long_prompts=true to skip such rows"
+                    )
+                too_long += 1
+                continue
+            prepared.append({**row, "prompt": prompt, "prompt_ids": list(ids)})
+        if too_long:
+            log.warning(
+                "dropped %d of %d %s prompts longer than max_prompt_length=%d",
+                too_long,
+                len(rows),
+                name,
+                self.max_prompt_length,
+            )
+        if not prepared and rows:
+            raise ValueError(
+                f"every {name} prompt was longer than max_prompt_length={self.max_prompt_length}"
+            )
+        return prepared
+
+    def setup(self, stage: str) -> None:
+        if self.train_rows or self.val_rows:
+            return
+        train, val = self._raw_rows()
+        self.train_rows = self._prepare(train, "train")
+        self.val_rows = self._prepare(val, "validation")
+        if not self.train_rows and stage == "fit":
+            raise ValueError(f"train_data '{self.train_data}' has no rows")
+
+    def collate(self, rows: list[Row]) -> dict[str, Any]:
+        padded = self.tokenizer.pad(
+            {"input_ids": [r["prompt_ids"] for r in rows]}, padding=True, return_tensors="pt"
+        )
+        fields = {key: [r[key] for r in rows] for key in rows[0] if key != "prompt_ids"}
+        return {
+            "input_ids": padded["input_ids"],
+            "attention_mask": padded["attention_mask"],
+            **fields,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.train_rows,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=self.collate,
+            generator=generator,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_rows:
+            return []
+        return DataLoader(self.val_rows, batch_size=self.val_batch_size, collate_fn=self.collate)

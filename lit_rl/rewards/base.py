@@ -1,0 +1,91 @@
+"""The Reward protocol, its output, output validation, and a wrapper for plain functions."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+# Per-rollout dataset fields, each a list of N values (the prompt's fields repeated G times).
+Batch = dict[str, list[Any]]
+
+
+@dataclass
+class RewardOutput:
+    total: torch.Tensor  # [N] float32, what advantages are computed from
+    components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], for logging
+
+
+@runtime_checkable
+class Reward(Protocol):
+    """Scores N completions. ``prompts[i]`` produced ``completions[i]``; ``batch[key][i]`` is
+    that prompt's dataset field ``key`` (e.g. the reference ``"answer"``)."""
+
+    def __call__(
+        self, prompts: list[str], completions: list[str], batch: Batch
+    ) -> RewardOutput: ...
+
+
+# What configuration accepts as a reward: any callable of the Reward shape. jsonargparse checks
+# a Protocol by exact annotations, which would refuse a user's reward written without type
+# hints; a Callable type accepts any class_path whose instances are callable.
+RewardFn = Callable[[list[str], list[str], Batch], RewardOutput]
+
+
+def reward_name(reward: object) -> str:
+    return getattr(reward, "name", None) or type(reward).__name__
+
+
+def as_reward_tensor(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.float32).detach().cpu()
+
+
+def check_reward_output(
+    output: object, reward: object, num_completions: int, where: str
+) -> RewardOutput:
+    """Fail loudly, naming the reward and the batch, on a wrong type, shape, NaN or inf."""
+    name = reward_name(reward)
+    if not isinstance(output, RewardOutput):
+        raise TypeError(
+            f"reward '{name}' returned {type(output).__name__} for {where}; "
+            "a Reward must return RewardOutput(total=[N] tensor, components={...}) "
+            "(wrap plain functions in lit_rl.rewards.FunctionReward)"
+        )
+    for key, values in {"total": output.total, **output.components}.items():
+        if values.shape != (num_completions,):
+            raise ValueError(
+                f"reward '{name}' gave '{key}' of shape {tuple(values.shape)} for {where}; "
+                f"expected ({num_completions},): one value per completion"
+            )
+        bad = ~torch.isfinite(values)
+        if bad.any():
+            first = int(bad.nonzero()[0])
+            raise ValueError(
+                f"reward '{name}' gave non-finite '{key}' ({values[first].item()}) for "
+                f"completion {first} of {where}; return finite numbers (e.g. 0.0 for "
+                "an unparseable answer)"
+            )
+    return output
+
+
+class FunctionReward:
+    """Wrap ``fn(prompts, completions, batch) -> list[float] | Tensor [N]`` as a Reward."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[str], list[str], Batch], Sequence[float] | torch.Tensor],
+        name: str | None = None,
+    ) -> None:
+        self.fn = fn
+        self.name = name or getattr(fn, "__name__", "function")
+
+    def __call__(self, prompts: list[str], completions: list[str], batch: Batch) -> RewardOutput:
+        values = self.fn(prompts, completions, batch)
+        try:
+            total = as_reward_tensor(values)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(
+                f"reward function '{self.name}' must return a list or tensor of "
+                f"numbers, got {type(values).__name__}: {err}"
+            ) from err
+        return RewardOutput(total=total, components={self.name: total})

@@ -1,0 +1,80 @@
+import pytest
+import torch
+from peft import LoraConfig
+
+from lit_rl.callbacks import ReferenceSyncCallback
+from lit_rl.models.lora import lora_layers
+from lit_rl.modules import GRPOModule
+from lit_rl.rewards import FormatReward
+from tests.conftest import make_rollout
+
+
+def _module(tiny_model_dir, lora=True):
+    config = (
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+        if lora
+        else None
+    )
+    module = GRPOModule(reward=FormatReward(), model=str(tiny_model_dir), lora=config)
+    with torch.no_grad():  # pretend training moved the policy away from the reference
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name or (not lora and "mlp" in name):
+                p.add_(torch.randn_like(p) * 0.3)
+    return module
+
+
+def _logprobs(module, rollout):
+    with torch.no_grad():
+        return module.rollout_logprobs(module.policy, rollout)[0], module.reference_logprobs(
+            rollout
+        )
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_full_sync_makes_reference_equal_policy(tiny_model_dir, lora):
+    module = _module(tiny_model_dir, lora)
+    rollout = make_rollout(module.tokenizer, ["abc", "a longer prompt", "x", "yy"])
+    policy_before, ref_before = _logprobs(module, rollout)
+    assert (policy_before - ref_before).abs().max() > 1e-3
+    ReferenceSyncCallback(ref_sync_steps=1, ref_sync_mixup_alpha=1.0).sync(module)
+    policy_after, ref_after = _logprobs(module, rollout)
+    torch.testing.assert_close(policy_after, policy_before, rtol=0, atol=1e-5)  # policy unchanged
+    torch.testing.assert_close(ref_after, policy_after, rtol=0, atol=1e-5)
+
+
+def test_lora_mixup_merges_alpha_of_the_delta_and_resets_adapter_state(tiny_model_dir):
+    module = _module(tiny_model_dir)
+    layer = lora_layers(module.policy)[0]
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    assert len(optimizer.state) == len(params)
+    with torch.no_grad():
+        delta_before = layer.get_delta_weight("default").detach().clone()
+        base_before = layer.get_base_layer().weight.detach().clone()
+    ReferenceSyncCallback(ref_sync_mixup_alpha=0.25).sync(module, [optimizer])
+    # reference = W + 0.25 dW; the adapter keeps 0.75 dW so the policy is still W + dW
+    torch.testing.assert_close(layer.get_base_layer().weight, base_before + 0.25 * delta_before)
+    torch.testing.assert_close(layer.get_delta_weight("default"), 0.75 * delta_before)
+    assert len(optimizer.state) == 0
+
+
+def test_frozen_copy_mixup_is_a_lerp(tiny_model_dir):
+    module = _module(tiny_model_dir, lora=False)
+    ref_before = [p.clone() for p in module.reference.parameters()]
+    ReferenceSyncCallback(ref_sync_mixup_alpha=0.5).sync(module)
+    for before, ref, policy in zip(
+        ref_before, module.reference.parameters(), module.policy.parameters(), strict=True
+    ):
+        torch.testing.assert_close(ref, 0.5 * before + 0.5 * policy)
+
+
+def test_schedule_state_and_validation():
+    callback = ReferenceSyncCallback(ref_sync_steps=3)
+    callback.load_state_dict({"last_sync_step": 6})
+    assert callback.state_dict() == {"last_sync_step": 6}
+    with pytest.raises(ValueError, match="ref_sync_mixup_alpha must be in"):
+        ReferenceSyncCallback(ref_sync_mixup_alpha=0.0)
+    with pytest.raises(ValueError, match="ref_sync_steps must be >= 1"):
+        ReferenceSyncCallback(ref_sync_steps=0)

@@ -1,0 +1,69 @@
+import math
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from peft import LoraConfig
+
+from lit_rl.callbacks import RolloutCallback
+from lit_rl.data import PromptDataModule
+from lit_rl.modules import GRPOModule
+from lit_rl.rewards import FunctionReward
+
+
+def _fit_with_reward(tiny_model_dir, fn):
+    module = GRPOModule(
+        reward=FunctionReward(fn, name="user_reward"),
+        model=str(tiny_model_dir),
+        lora=LoraConfig(r=2, target_modules=["q_proj"]),
+        num_generations=2,
+        max_completion_length=4,
+    )
+    data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=4, num_val=0)
+    trainer = Trainer(
+        max_steps=1,
+        callbacks=[RolloutCallback()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, data)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("fn", "message"),
+    [
+        (
+            lambda p, c, b: [1.0] * (len(c) - 1),
+            "'user_reward' gave 'total' of shape \\(3,\\) for training batch 0",
+        ),
+        (
+            lambda p, c, b: [math.nan] * len(c),
+            "'user_reward' gave non-finite 'total' \\(nan\\) for completion 0 of training batch 0",
+        ),
+        (lambda p, c, b: torch.full((len(c),), math.inf), "non-finite 'total' \\(inf\\)"),
+    ],
+)
+def test_bad_rewards_stop_training_with_the_reward_and_batch_named(tiny_model_dir, fn, message):
+    with pytest.raises(ValueError, match=message):
+        _fit_with_reward(tiny_model_dir, fn)
+
+
+def test_rollout_state_round_trips_counter_and_rng(tiny_model_dir):
+    trainer = _fit_with_reward(tiny_model_dir, lambda p, c, b: [float(len(x)) for x in c])
+    callback = next(c for c in trainer.callbacks if isinstance(c, RolloutCallback))
+    state = callback.state_dict()
+    assert state["num_rollouts"] == 1
+    expected = torch.rand(3)  # the draws that follow the saved RNG state
+    torch.manual_seed(123)  # a different process state, as after a restart
+    restored = RolloutCallback()
+    restored.load_state_dict(state)
+    assert restored.num_rollouts == 1
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_callback_refuses_a_module_without_the_rollout_protocol():
+    with pytest.raises(TypeError, match="derived from lit_rl.modules.PolicyModule.*lacks"):
+        RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")

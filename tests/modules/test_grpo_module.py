@@ -1,0 +1,164 @@
+import copy
+
+import pytest
+import torch
+from lightning.pytorch import Callback, Trainer
+from peft import LoraConfig
+
+from lit_rl.algorithms import group_normalized_advantages, grpo_loss
+from lit_rl.callbacks import RolloutCallback
+from lit_rl.data import PromptDataModule
+from lit_rl.modules import GRPOModule
+from tests.byo_reward import ContainsTargetCharacter
+
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
+
+
+class Capture(Callback):
+    """Keeps the first rollout and the policy weights it was sampled with."""
+
+    def __init__(self):
+        self.rollout = None
+        self.weights = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.rollout is None:
+            self.rollout = batch["rollout"]
+            self.weights = copy.deepcopy(pl_module.policy.state_dict())
+
+
+def _module(tiny_model_dir, **kwargs):
+    defaults = dict(
+        reward=ContainsTargetCharacter(field="answer"),
+        model=str(tiny_model_dir),
+        lora=LoraConfig(**LORA),
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-2,
+    )
+    return GRPOModule(**{**defaults, **kwargs})
+
+
+def _fit(module, tiny_model_dir, steps=1, extra_callbacks=()):
+    data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, num_val=2)
+    trainer = Trainer(
+        max_steps=steps,
+        callbacks=[RolloutCallback(), *extra_callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, data)
+    return trainer
+
+
+def test_rollout_batch_contents(tiny_model_dir):
+    torch.manual_seed(0)
+    capture = Capture()
+    _fit(_module(tiny_model_dir), tiny_model_dir, extra_callbacks=[capture])
+    r = capture.rollout
+    n, t = r.completion_mask.shape
+    assert n == 2 * 4 and 1 <= t <= 8
+    assert r.input_ids.shape[0] == n and r.input_ids.shape == r.attention_mask.shape
+    # completion_mask is a prefix per row (right padding)
+    assert torch.equal(r.completion_mask, r.completion_mask.cummin(dim=1).values)
+    torch.testing.assert_close(r.advantages, group_normalized_advantages(r.rewards, 4))
+    assert r.old_logprobs is None  # mu = 1: the update is on-policy
+    # LoRA starts with B = 0, so the policy equals the reference (adapters off) at step 0.
+    assert r.ref_logprobs.shape == (n, t)
+    assert len(r.completions) == n and r.prompts[0] == r.prompts[3] != r.prompts[4]
+    assert set(r.reward_components) == {"contains_target", "brevity"}
+
+
+def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir):
+    torch.manual_seed(0)
+    capture = Capture()
+    module = _module(tiny_model_dir)
+    trainer = _fit(module, tiny_model_dir, extra_callbacks=[capture])
+    # Recompute the loss with the weights the step started from.
+    fresh = _module(tiny_model_dir)
+    fresh.policy.load_state_dict(capture.weights)
+    r = capture.rollout
+    logprobs, _ = fresh.rollout_logprobs(fresh.policy, r)
+    expected, stats = grpo_loss(
+        logprobs,
+        logprobs.detach(),
+        r.ref_logprobs,
+        r.advantages,
+        r.completion_mask,
+        epsilon=0.2,
+        beta=0.04,
+    )
+    logged = trainer.callback_metrics
+    assert logged["train/loss"].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert logged["train/kl"].item() == pytest.approx(stats["kl"].item(), abs=1e-6)
+    assert trainer.global_step == 1
+    after = module.policy.state_dict()
+    changed = {k for k, v in capture.weights.items() if not torch.equal(v, after[k])}
+    assert changed and all("lora_" in k for k in changed)
+
+
+def test_num_iterations_takes_several_steps_on_one_rollout(tiny_model_dir):
+    torch.manual_seed(0)
+    capture = Capture()
+    module = _module(tiny_model_dir, num_iterations=2)
+    trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[capture])
+    assert trainer.global_step == 2 and capture.rollout.old_logprobs is not None
+    fresh = _module(tiny_model_dir)
+    fresh.policy.load_state_dict(capture.weights)
+    with torch.no_grad():
+        expected, _ = fresh.rollout_logprobs(fresh.policy, capture.rollout)
+    torch.testing.assert_close(capture.rollout.old_logprobs, expected, rtol=0, atol=1e-6)
+
+
+def test_without_rollout_callback_the_error_says_what_to_add(tiny_model_dir):
+    module = _module(tiny_model_dir)
+    with pytest.raises(RuntimeError, match="add lit_rl.callbacks.RolloutCallback"):
+        module.training_step({"input_ids": torch.zeros(1, 1)}, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(num_generations=1), "num_generations must be >= 2"),
+        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(beta=-1.0), "beta must be >= 0"),
+        (dict(num_iterations=0), "num_iterations must be >= 1"),
+        (dict(epsilon=1.5), "epsilon must be in \\(0, 1\\)"),
+    ],
+)
+def test_bad_config_values_are_named(tiny_model_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _module(tiny_model_dir, **kwargs)
+
+
+def test_full_finetune_keeps_a_frozen_reference(tiny_model_dir):
+    module = _module(tiny_model_dir, lora=None)
+    assert module.reference is not None
+    assert not any(p.requires_grad for p in module.reference.parameters())
+    assert _module(tiny_model_dir, lora=None, beta=0.0).reference is None
+
+
+def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
+    module = _module(tiny_model_dir, max_completion_length=100)  # tiny model context: 512
+    data = PromptDataModule(
+        tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, max_prompt_length=450
+    )
+    trainer = Trainer(
+        max_steps=1,
+        callbacks=[RolloutCallback()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    with pytest.raises(ValueError, match="= 550 exceeds the model's context of 512 tokens"):
+        trainer.fit(module, data)
+
+
+def test_policy_never_runs_dropout(tiny_model_dir):
+    module = _module(tiny_model_dir)
+    module.train()
+    assert module.training and not any(m.training for m in module.policy.modules())

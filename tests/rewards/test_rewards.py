@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from lit_rl.rewards import (
+    FormatReward,
+    FunctionReward,
+    MathCorrectness,
+    RewardOutput,
+    WeightedSum,
+    check_reward_output,
+    extract_answer,
+)
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("so 3 + 4 = 7.\nAnswer: 7", "7"),
+        ("The answer is 1,250 dollars, not 5", "1250"),
+        (r"first 3, then \boxed{12}, and 9", "12"),
+        ("18 + 9 = 27 marbles", "27"),
+        ("Answer: -4", "-4"),
+        ("no digits here", None),
+    ],
+)
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+def test_math_correctness_values_and_gsm8k_answers():
+    reward = MathCorrectness()
+    completions = ["Answer: 72", "it is 72.0", r"\boxed{72}", "Answer: 71", "nothing"]
+    answers = ["72", "72", "#### 72", "72", "72"]
+    out = reward(["q"] * 5, completions, {"answer": answers})
+    assert out.total.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert torch.equal(out.components["correctness"], out.total)
+
+
+def test_math_correctness_missing_field_is_named():
+    with pytest.raises(KeyError, match="field 'solution'.*has \\['answer'\\]"):
+        MathCorrectness(answer_field="solution")(["q"], ["1"], {"answer": ["1"]})
+
+
+def test_format_and_weighted_sum():
+    completions = ["Answer: 5", "5", "Answer: 4"]
+    batch = {"answer": ["5", "5", "5"]}
+    out = WeightedSum([MathCorrectness(), FormatReward()], weights=[1.0, 0.5])(
+        ["q"] * 3, completions, batch
+    )
+    # correctness [1, 1, 0], format [1, 0, 1] -> total [1.5, 1.0, 0.5]
+    assert out.total.tolist() == [1.5, 1.0, 0.5]
+    assert out.components["format"].tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="one weight per reward"):
+        WeightedSum([FormatReward()], weights=[1.0, 2.0])
+    with pytest.raises(ValueError, match="component named 'format'"):
+        WeightedSum([FormatReward(), FormatReward()])(["q"], ["x"], {})
+
+
+def test_function_reward_wraps_plain_functions():
+    def brevity(prompts, completions, batch):
+        return [1.0 / len(c) for c in completions]
+
+    out = FunctionReward(brevity)(["q", "q"], ["ab", "abcd"], {})
+    assert out.total.tolist() == [0.5, 0.25] and "brevity" in out.components
+    with pytest.raises(TypeError, match="'bad' must return a list or tensor of numbers"):
+        FunctionReward(lambda p, c, b: ["high", "low"], name="bad")(["q"] * 2, ["a", "b"], {})
+
+
+@pytest.mark.parametrize(
+    ("total", "message"),
+    [
+        (torch.ones(3), "shape \\(3,\\) for training batch 7; expected \\(4,\\)"),
+        (
+            torch.tensor([1.0, math.nan, 0.0, 0.0]),
+            "non-finite 'total' \\(nan\\) for completion 1 of training batch 7",
+        ),
+        (torch.tensor([1.0, 0.0, 0.0, math.inf]), "non-finite 'total' \\(inf\\) for completion 3"),
+    ],
+)
+def test_bad_reward_output_names_reward_and_batch(total, message):
+    class Broken:
+        name = "broken"
+
+    with pytest.raises(ValueError, match=f"reward 'broken' gave .*{message}"):
+        check_reward_output(RewardOutput(total=total), Broken(), 4, "training batch 7")
+
+
+def test_reward_returning_a_list_is_told_to_wrap():
+    with pytest.raises(TypeError, match="must return RewardOutput.*FunctionReward"):
+        check_reward_output([1.0], object(), 1, "training batch 0")
