@@ -121,6 +121,10 @@ data:
     run = tmp_path / "mine" / "version_0"
     scalars, _ = _scalars_and_text(run)
     assert {"rollout/reward/contains_target", "rollout/reward/brevity"} <= scalars
+    # The run stopped on time, between checkpoint intervals: last.ckpt still holds its final step.
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == cli.trainer.global_step
+    assert last["callbacks"]["RolloutCallback"]["num_rollouts"] == cli.trainer.global_step
     policy = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "policy")
     assert not any("lora" in name for name, _ in policy.named_parameters())
     tokenizer = cli.model.tokenizer

@@ -14,7 +14,10 @@ class PolicyCheckpoint(ModelCheckpoint):
     (``<name>.ckpt`` -> ``<name>.policy/``) and at the end of training (``<dirpath>/policy``):
     merged weights and tokenizer that ``AutoModelForCausalLM.from_pretrained`` loads alone.
 
-    Accepts every ``ModelCheckpoint`` argument.
+    Accepts every ``ModelCheckpoint`` argument. With ``save_last``, ``last.ckpt`` is also
+    written when training ends between saving intervals (e.g. stopped by ``max_time``). The
+    export rides on ModelCheckpoint's ``_save_checkpoint``/``_remove_checkpoint``: no public
+    hook receives the checkpoint's path.
     """
 
     def _save_checkpoint(self, trainer: Trainer, filepath: str) -> None:
@@ -29,7 +32,13 @@ class PolicyCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
-        if trainer.is_global_zero and self.dirpath is not None:
+        if self.dirpath is None:
+            return
+        # A run stopped by max_time (or max_steps between saving intervals) would otherwise
+        # lose its last steps: write last.ckpt at the step training actually ended.
+        if self.save_last and trainer.global_step != self._last_global_step_saved:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if trainer.is_global_zero:
             self._export(pl_module, Path(self.dirpath) / "policy")
 
     @staticmethod

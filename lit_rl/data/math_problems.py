@@ -88,6 +88,11 @@ def _price(rng: random.Random) -> tuple[str, int]:
     )
 
 
+def _sum(rng: random.Random) -> tuple[str, int]:
+    a, b = rng.randint(1, 20), rng.randint(1, 20)
+    return f"What is {a} + {b}?", a + b
+
+
 TEMPLATES: dict[str, Template] = {
     "add": _add,
     "subtract": _subtract,
@@ -95,13 +100,16 @@ TEMPLATES: dict[str, Template] = {
     "divide": _divide,
     "two_step": _two_step,
     "price": _price,
+    "sum": _sum,  # bare "What is a + b?": the task TRL's reference run on this machine used
 }
+# The word problems; "sum" is opt-in (templates=["sum"]) for comparisons with that run.
+DEFAULT_TEMPLATES = ["add", "subtract", "multiply", "divide", "two_step", "price"]
 
 
 def generate_problems(num: int, seed: int, templates: list[str] | None = None) -> list[Problem]:
     """``num`` problems ``{"question", "answer", "template"}`` drawn with ``seed``; answers are
     integer strings. Templates cycle in order so every split has the same mix."""
-    names = templates or list(TEMPLATES)
+    names = templates or DEFAULT_TEMPLATES
     unknown = sorted(set(names) - set(TEMPLATES))
     if unknown:
         raise ValueError(f"unknown math templates {unknown}: choose from {sorted(TEMPLATES)}")

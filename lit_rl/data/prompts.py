@@ -56,6 +56,8 @@ class PromptDataModule(LightningDataModule):
             error, or dropped with a logged count when ``drop_long_prompts``.
         num_train: size of the embedded training split.
         num_val: size of the embedded test split (and a cap on any validation set).
+        math_templates: templates of the embedded set (``lit_rl.data.TEMPLATES``); ``None`` =
+            the six word-problem templates.
         seed: shuffling and embedded-train seed; the embedded test split uses ``seed + 1``.
         train_split: split name for ``datasets`` names.
         val_split: split name for ``datasets`` names.
@@ -75,6 +77,7 @@ class PromptDataModule(LightningDataModule):
         drop_long_prompts: bool = False,
         num_train: int = 5000,
         num_val: int = 200,
+        math_templates: list[str] | None = None,
         seed: int = 0,
         train_split: str = "train",
         val_split: str = "test",
@@ -97,6 +100,7 @@ class PromptDataModule(LightningDataModule):
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.max_prompt_length, self.drop_long_prompts = max_prompt_length, drop_long_prompts
         self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.math_templates = math_templates
         self.train_split, self.val_split = train_split, val_split
         self.tokenizer = load_tokenizer(tokenizer)
         self.train_rows: list[Row] = []
@@ -104,11 +108,15 @@ class PromptDataModule(LightningDataModule):
 
     def _raw_rows(self) -> tuple[list[Row], list[Row]]:
         if self.train_data == EMBEDDED_MATH:
-            train, val = train_test_split(self.num_train, self.num_val, self.seed, self.seed + 1)
+            train, val = train_test_split(
+                self.num_train, self.num_val, self.seed, self.seed + 1, self.math_templates
+            )
         else:
             train, val = load_rows(self.train_data, self.train_split), []
         if self.val_data == EMBEDDED_MATH:
-            val = train_test_split(0, self.num_val, self.seed, self.seed + 1)[1]
+            val = train_test_split(0, self.num_val, self.seed, self.seed + 1, self.math_templates)[
+                1
+            ]
         elif self.val_data is not None:
             val = load_rows(self.val_data, self.val_split)
         return train, val[: self.num_val]

@@ -1,10 +1,12 @@
 """Save the policy as a directory plain transformers loads: merged weights and tokenizer."""
 
+import copy
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -26,10 +28,17 @@ def save_policy(
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         if isinstance(policy, PeftModel):
             base = policy.get_base_model()
-            base.save_pretrained(staging, state_dict=merged_state_dict(policy))
+            state = merged_state_dict(policy)
+            base.save_pretrained(staging, state_dict=state)
+            # The merged weights are float32 (see merged_state_dict); say so in config.json,
+            # or from_pretrained would load them back in the base model's bf16.
+            config = copy.deepcopy(base.config)
+            config.dtype = torch.promote_types(base.dtype, torch.float32)
+            config.save_pretrained(staging)
         else:
             policy.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

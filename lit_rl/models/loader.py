@@ -64,6 +64,7 @@ def embedded_model_dir() -> Path:
     model.hf_quantizer.remove_quantization_config(model)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -15,11 +15,12 @@ def _recompute(problem: dict[str, str]) -> int:
         "divide": lambda: n[0] // n[1],
         "two_step": lambda: n[0] + n[1] - n[2],
         "price": lambda: n[0] * n[1],
+        "sum": lambda: n[0] + n[1],
     }[problem["template"]]()
 
 
 def test_answers_are_correct_integers_for_every_template():
-    problems = generate_problems(600, seed=3)
+    problems = generate_problems(600, seed=3) + generate_problems(50, seed=3, templates=["sum"])
     assert {p["template"] for p in problems} == set(TEMPLATES)
     for p in problems:
         assert int(p["answer"]) == _recompute(p) and int(p["answer"]) >= 0, p

@@ -126,3 +126,25 @@ def test_value_model_shapes_and_zero_init(tiny_model_dir):
     assert torch.equal(v, torch.zeros_like(v))
     v.sum().backward()
     assert value.head.weight.grad is not None
+
+
+def test_export_of_a_bf16_lora_policy_keeps_the_small_delta(tiny_model_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    policy = apply_lora(
+        load_model(str(tiny_model_dir), dtype="bfloat16"),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]),
+    )
+    with torch.no_grad():  # a delta far below bf16's rounding step of the weights
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=1e-4)
+    layer = policy.get_base_model().model.layers[0].self_attn.q_proj
+    expected = layer.get_base_layer().weight.float() + layer.get_delta_weight("default")
+    assert (
+        layer.get_base_layer().weight + layer.get_delta_weight("default").bfloat16()
+    ).float().sub(expected).abs().max() > 1e-5  # merging in bf16 would lose it
+    reloaded = AutoModelForCausalLM.from_pretrained(save_policy(policy, tokenizer, tmp_path / "p"))
+    assert reloaded.dtype == torch.float32
+    torch.testing.assert_close(
+        reloaded.model.layers[0].self_attn.q_proj.weight, expected, rtol=0, atol=1e-7
+    )

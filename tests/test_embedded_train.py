@@ -1,0 +1,40 @@
+"""The default recipe on the embedded SmolLM2-135M for two short steps: the newcomer's path."""
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_rl.cli import main
+
+pytestmark = pytest.mark.embedded
+
+
+def test_default_recipe_trains_the_embedded_model(tmp_path):
+    main(
+        [
+            "fit",
+            "--config",
+            "recipes/grpo_math.yaml",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.val_check_interval=2",
+            "--model.init_args.max_completion_length=16",
+            "--model.init_args.num_generations=4",
+            "--data.init_args.num_val=8",
+            "--data.init_args.val_batch_size=8",
+        ]
+    )
+    run = tmp_path / "grpo_math" / "version_0"
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {
+        "train/loss",
+        "train/kl",
+        "rollout/reward",
+        "rollout/reward/correctness",
+        "val/reward",
+    } <= scalars
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "policy" / "model.safetensors").is_file()
