@@ -3,6 +3,7 @@ trains and logs the documented metrics, artifacts load in plain transformers, an
 own data file and reward class plug in from YAML."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,12 @@ def test_unknown_model_path_fails_before_training(tmp_path):
                 f"--trainer.logger.init_args.save_dir={tmp_path}",
             ]
         )
+
+
+def test_make_train_with_an_unknown_recipe_lists_the_known_ones():
+    root = Path(__file__).parents[1]
+    result = subprocess.run(
+        ["make", "-s", "train", "RECIPE=nope"], cwd=root, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "unknown recipe 'nope'" in result.stderr and "grpo_math" in result.stderr

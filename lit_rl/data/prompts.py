@@ -90,33 +90,39 @@ class PromptDataModule(LightningDataModule):
             )
         if max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be >= 1, got {max_prompt_length}")
-        self.tokenizer_name = tokenizer
-        self.train_data, self.val_data = train_data, val_data
-        self.prompt_field, self.prompt_suffix, self.system_prompt = (
-            prompt_field,
-            prompt_suffix,
-            system_prompt,
-        )
-        self.batch_size, self.val_batch_size = batch_size, val_batch_size
-        self.max_prompt_length, self.drop_long_prompts = max_prompt_length, drop_long_prompts
-        self.num_train, self.num_val, self.seed = num_train, num_val, seed
+        self.train_data = train_data
+        self.val_data = val_data
+        self.prompt_field = prompt_field
+        self.prompt_suffix = prompt_suffix
+        self.system_prompt = system_prompt
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.max_prompt_length = max_prompt_length
+        self.drop_long_prompts = drop_long_prompts
+        self.num_train = num_train
+        self.num_val = num_val
         self.math_templates = math_templates
-        self.train_split, self.val_split = train_split, val_split
+        self.seed = seed
+        self.train_split = train_split
+        self.val_split = val_split
         self.tokenizer = load_tokenizer(tokenizer)
         self.train_rows: list[Row] = []
         self.val_rows: list[Row] = []
 
     def _raw_rows(self) -> tuple[list[Row], list[Row]]:
+        embedded_train, embedded_val = train_test_split(
+            self.num_train if self.train_data == EMBEDDED_MATH else 0,
+            self.num_val,
+            self.seed,
+            self.seed + 1,
+            self.math_templates,
+        )
         if self.train_data == EMBEDDED_MATH:
-            train, val = train_test_split(
-                self.num_train, self.num_val, self.seed, self.seed + 1, self.math_templates
-            )
+            train, val = embedded_train, embedded_val
         else:
             train, val = load_rows(self.train_data, self.train_split), []
         if self.val_data == EMBEDDED_MATH:
-            val = train_test_split(0, self.num_val, self.seed, self.seed + 1, self.math_templates)[
-                1
-            ]
+            val = embedded_val
         elif self.val_data is not None:
             val = load_rows(self.val_data, self.val_split)
         return train, val[: self.num_val]
