@@ -10,7 +10,8 @@ class LitRLCLI(LightningCLI):
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
 
 
-def main(args: list[str] | None = None) -> LitRLCLI:
+def run_cli(args: list[str] | None = None) -> LitRLCLI:
+    """Parse ``args`` (default: the command line), run the subcommand, return the CLI object."""
     return LitRLCLI(
         LightningModule,
         LightningDataModule,
@@ -19,6 +20,11 @@ def main(args: list[str] | None = None) -> LitRLCLI:
         save_config_kwargs={"overwrite": True},
         args=args,
     )
+
+
+def main() -> None:
+    """The ``lit-rl`` console script (returns nothing, so the exit status is 0 on success)."""
+    run_cli()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ own data file and reward class plug in from YAML."""
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lit_rl.cli import main
+from lit_rl.cli import run_cli
 
 RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
 TINY = [
@@ -35,13 +36,13 @@ def _scalars_and_text(log_dir: Path) -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_every_recipe_parses(recipe, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(recipe), "--print_config"])
+        run_cli(["fit", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code == 0
     assert "class_path: lit_rl.modules.GRPOModule" in capsys.readouterr().out
 
 
 def test_local_directory_recipe_trains_logs_and_exports(tiny_model_dir, tmp_path):
-    main(
+    run_cli(
         [
             "fit",
             "--config",
@@ -117,7 +118,7 @@ data:
   class_path: lit_rl.data.PromptDataModule
   init_args: {{train_data: {data}, prompt_field: instruction, batch_size: 2}}
 """)
-    cli = main(["fit", "--config", str(config)])
+    cli = run_cli(["fit", "--config", str(config)])
     assert cli.trainer.global_step >= 1 and cli.trainer.global_step < 100000  # stopped by max_time
     run = tmp_path / "mine" / "version_0"
     scalars, _ = _scalars_and_text(run)
@@ -141,7 +142,7 @@ def test_unknown_model_path_fails_before_training(tmp_path):
     with pytest.raises(
         (FileNotFoundError, ValueError), match="does not exist: pass an existing directory"
     ):
-        main(
+        run_cli(
             [
                 "fit",
                 "--config",
@@ -159,3 +160,23 @@ def test_make_train_with_an_unknown_recipe_lists_the_known_ones():
     )
     assert result.returncode != 0
     assert "unknown recipe 'nope'" in result.stderr and "grpo_math" in result.stderr
+
+
+def test_console_script_exits_zero_on_success(tiny_model_dir, tmp_path):
+    # setuptools wraps the entry point as sys.exit(main()): a returned object would exit 1.
+    argv = [
+        "lit-rl",
+        "validate",
+        "--config",
+        "recipes/grpo_math_local.yaml",
+        "--trainer.logger=false",
+        f"--model.init_args.model={tiny_model_dir}",
+        "--model.init_args.max_completion_length=4",
+        "--data.init_args.num_val=2",
+        "--trainer.enable_progress_bar=false",
+    ]
+    code = f"import sys; from lit_rl.cli import main; sys.argv = {argv!r}; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

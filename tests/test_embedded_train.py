@@ -3,13 +3,13 @@
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_rl.cli import main
+from lit_rl.cli import run_cli
 
 pytestmark = pytest.mark.embedded
 
 
 def test_default_recipe_trains_the_embedded_model(tmp_path):
-    main(
+    run_cli(
         [
             "fit",
             "--config",
