@@ -81,3 +81,21 @@ def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed
         old_logprobs=None,
         ref_logprobs=None,
     )
+
+
+def rollout_trainer(max_steps: int = 1, callbacks: tuple = ()):
+    """A quiet Trainer with a RolloutCallback (plus ``callbacks``) and no validation."""
+    from lightning.pytorch import Trainer
+
+    from lit_rl.callbacks import RolloutCallback
+
+    return Trainer(
+        max_steps=max_steps,
+        callbacks=[RolloutCallback(), *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )

@@ -9,6 +9,7 @@ from lit_rl.callbacks import RolloutCallback
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FunctionReward
+from tests.conftest import rollout_trainer
 
 
 def _fit_with_reward(tiny_model_dir, fn):
@@ -20,14 +21,7 @@ def _fit_with_reward(tiny_model_dir, fn):
         max_completion_length=4,
     )
     data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=4, num_val=0)
-    trainer = Trainer(
-        max_steps=1,
-        callbacks=[RolloutCallback()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = rollout_trainer()
     trainer.fit(module, data)
     return trainer
 

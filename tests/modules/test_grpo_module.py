@@ -2,14 +2,14 @@ import copy
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
 from peft import LoraConfig
 
 from lit_rl.algorithms import group_normalized_advantages, grpo_loss
-from lit_rl.callbacks import RolloutCallback
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from tests.byo_reward import ContainsTargetCharacter
+from tests.conftest import rollout_trainer
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
 
@@ -41,16 +41,7 @@ def _module(tiny_model_dir, **kwargs):
 
 def _fit(module, tiny_model_dir, steps=1, extra_callbacks=()):
     data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, num_val=2)
-    trainer = Trainer(
-        max_steps=steps,
-        callbacks=[RolloutCallback(), *extra_callbacks],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = rollout_trainer(steps, extra_callbacks)
     trainer.fit(module, data)
     return trainer
 
@@ -147,13 +138,7 @@ def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
     data = PromptDataModule(
         tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, max_prompt_length=450
     )
-    trainer = Trainer(
-        max_steps=1,
-        callbacks=[RolloutCallback()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = rollout_trainer()
     with pytest.raises(ValueError, match="= 550 exceeds the model's context of 512 tokens"):
         trainer.fit(module, data)
 
