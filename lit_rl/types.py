@@ -27,20 +27,3 @@ class RolloutBatch:
     @property
     def completion_length(self) -> int:
         return self.completion_mask.shape[1]
-
-    def to(self, device: torch.device) -> "RolloutBatch":
-        def move(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.to(device)
-
-        return RolloutBatch(
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            completion_mask=self.completion_mask.to(device),
-            rewards=self.rewards.to(device),
-            advantages=self.advantages.to(device),
-            old_logprobs=move(self.old_logprobs),
-            ref_logprobs=move(self.ref_logprobs),
-            reward_components={k: v.to(device) for k, v in self.reward_components.items()},
-            prompts=self.prompts,
-            completions=self.completions,
-        )

@@ -40,12 +40,11 @@ class GRPOModule(PolicyModule):
             )
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
-        self.epsilon, self.epsilon_high = epsilon, epsilon_high
-        self.loss_type, self.scale_rewards, self.num_iterations = (
-            loss_type,
-            scale_rewards,
-            num_iterations,
-        )
+        self.epsilon = epsilon
+        self.epsilon_high = epsilon_high
+        self.loss_type = loss_type
+        self.scale_rewards = scale_rewards
+        self.num_iterations = num_iterations
 
     @property
     def needs_old_logprobs(self) -> bool:
