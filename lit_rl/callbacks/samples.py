@@ -11,11 +11,11 @@ def _cell(text: str) -> str:
 
 
 class SampleLoggerCallback(Callback):
-    """Every ``every_n_steps`` steps, log one prompt's group of completions as a Markdown table
+    """Every ``every_n_steps`` rollout batches, log one prompt's group of completions as a table
     under ``rollout/samples`` (TensorBoard's Text tab).
 
     Args:
-        every_n_steps: optimizer steps between panels.
+        every_n_steps: training batches (rollouts) between panels.
         max_completions: rows per panel.
     """
 
