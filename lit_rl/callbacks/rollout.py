@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.rollout import HFGenerateEngine, RolloutEngine, completion_mask_from_eos
+from lit_rl.rollout import HFGenerateEngine, RolloutEngine
 from lit_rl.types import RolloutBatch
 
 _PROTOCOL = (
@@ -15,6 +15,7 @@ _PROTOCOL = (
     "num_generations",
     "sampling",
     "eos_token_ids",
+    "decode_completions",
     "score",
     "compute_advantages",
     "needs_old_logprobs",
@@ -79,11 +80,7 @@ class RolloutCallback(Callback):
             pl_module.eos_token_ids,
         )
         generation_time = time.perf_counter() - start
-        completion_mask = completion_mask_from_eos(completion_ids, pl_module.eos_token_ids)
-        completions = pl_module.tokenizer.batch_decode(
-            torch.where(completion_mask, completion_ids, pl_module.tokenizer.pad_token_id),
-            skip_special_tokens=True,
-        )
+        completion_mask, completions = pl_module.decode_completions(completion_ids)
         # Dataset fields, repeated so that row i describes completion i (prompt-major).
         fields = {
             key: [v for v in values for _ in range(group_size)]

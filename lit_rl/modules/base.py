@@ -124,6 +124,17 @@ class PolicyModule(LightningModule):
     def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode_completions(
+        self,
+        completion_ids: torch.Tensor,  # [N, T]
+    ) -> tuple[torch.Tensor, list[str]]:  # ([N, T] bool, N texts)
+        """The completion mask (through the first EOS) and the texts the reward sees."""
+        mask = completion_mask_from_eos(completion_ids, self.eos_token_ids)
+        texts = self.tokenizer.batch_decode(
+            torch.where(mask, completion_ids, self.tokenizer.pad_token_id), skip_special_tokens=True
+        )
+        return mask, texts
+
     def _eos_token_ids(self) -> list[int]:
         ids = {self.tokenizer.eos_token_id}
         generation_eos = getattr(
@@ -215,10 +226,7 @@ class PolicyModule(LightningModule):
             self.tokenizer.pad_token_id,
             self.eos_token_ids,
         )
-        mask = completion_mask_from_eos(completion_ids, self.eos_token_ids)
-        completions = self.tokenizer.batch_decode(
-            torch.where(mask, completion_ids, self.tokenizer.pad_token_id), skip_special_tokens=True
-        )
+        mask, completions = self.decode_completions(completion_ids)
         fields = {k: v for k, v in batch.items() if isinstance(v, list)}
         output = self.score(batch["prompt"], completions, fields, f"validation batch {batch_idx}")
         size = len(completions)
