@@ -1,6 +1,6 @@
 """GRPO step-time breakdown on this machine: generation, reference logprobs, policy update.
 
-Workload (defaults = the grpo_math recipe): embedded SmolLM2-135M-Instruct, bf16 weights, LoRA
+Workload (defaults = the grpo_math recipe): embedded SmolLM2-135M-Instruct, dtype auto, LoRA
 r16 on all linear layers, 2 prompts x 8 generations x 64 new tokens, beta 0.04. Prints the
 hardware, per-phase seconds (median of --steps after --warmup), generated tokens/s and peak RSS.
 
@@ -53,7 +53,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="embedded")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--max-completion-length", type=int, default=64)

@@ -108,6 +108,7 @@ model:
   class_path: lit_rl.modules.GRPOModule
   init_args:
     model: {tiny_model_dir}
+    dtype: float32          # the export is compared with the live policy to 1e-5
     lora: {{r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}}
     reward:
       class_path: tests.byo_reward.ContainsTargetCharacter

@@ -1,5 +1,6 @@
 """Model loading (embedded default, local directory, hub id), LoRA, reference, value model."""
 
+from lit_rl.models.dtype import DType, DTypeChoice, choose_dtype, resolve_dtype
 from lit_rl.models.export import save_policy
 from lit_rl.models.loader import (
     EMBEDDED_ALIASES,
@@ -14,14 +15,18 @@ from lit_rl.models.value_head import ValueModel
 
 __all__ = [
     "EMBEDDED_ALIASES",
+    "DType",
+    "DTypeChoice",
     "ValueModel",
     "apply_lora",
+    "choose_dtype",
     "embedded_model_dir",
     "frozen_copy",
     "load_model",
     "load_tokenizer",
     "merged_state_dict",
     "reference_model",
+    "resolve_dtype",
     "resolve_model_path",
     "save_policy",
 ]

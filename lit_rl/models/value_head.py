@@ -4,7 +4,8 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 
-from lit_rl.models.loader import DType, resolve_model_path
+from lit_rl.models.dtype import DType, resolve_dtype
+from lit_rl.models.loader import resolve_model_path
 
 
 class ValueModel(nn.Module):
@@ -27,7 +28,7 @@ class ValueModel(nn.Module):
         cls, name_or_path: str = "embedded", dtype: DType = "float32"
     ) -> "ValueModel":
         backbone = AutoModel.from_pretrained(
-            resolve_model_path(name_or_path), dtype=getattr(torch, dtype)
+            resolve_model_path(name_or_path), dtype=resolve_dtype(dtype).torch_dtype
         )
         return cls(backbone)
 

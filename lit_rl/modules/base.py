@@ -6,12 +6,20 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from peft import LoraConfig
 from torch import nn
 
 from lit_rl.algorithms import token_logprobs_with_entropy
-from lit_rl.models import apply_lora, frozen_copy, load_model, load_tokenizer, reference_model
-from lit_rl.models.loader import DType
+from lit_rl.models import (
+    DType,
+    apply_lora,
+    frozen_copy,
+    load_model,
+    load_tokenizer,
+    reference_model,
+    resolve_dtype,
+)
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
 from lit_rl.rollout import HFGenerateEngine, SamplingParams, completion_mask_from_eos
 from lit_rl.types import RolloutBatch
@@ -32,8 +40,10 @@ class PolicyModule(LightningModule):
         model: ``embedded`` (SmolLM2-135M-Instruct), a local HF directory, or a hub id.
         reward: scores completions; any ``lit_rl.rewards.Reward`` by ``class_path``.
         lora: a peft ``LoraConfig``; ``None`` = full fine-tuning with a frozen reference copy.
-        dtype: weights dtype. ``bfloat16`` with LoRA is fast on CPUs with bf16 units; full
-            fine-tuning should stay ``float32``. Log-probabilities are always float32.
+        dtype: weights dtype. ``auto`` = ``bfloat16`` where the hardware computes it fast
+            (CUDA with bf16, CPUs with AMX or avx512_bf16) and the weights are frozen under
+            LoRA, else ``float32``; the choice and its reason are logged at start. An explicit
+            dtype always wins. LoRA adapters and log-probabilities are always float32.
         num_generations: G, completions sampled per prompt.
         max_completion_length: T, new tokens per completion at most.
         temperature: sampling temperature (logprobs are of the tempered distribution).
@@ -51,7 +61,7 @@ class PolicyModule(LightningModule):
         reward: RewardFn,
         model: str = "embedded",
         lora: LoraConfig | None = None,
-        dtype: DType = "float32",
+        dtype: DType = "auto",
         num_generations: int = 8,
         max_completion_length: int = 256,
         temperature: float = 1.0,
@@ -90,7 +100,9 @@ class PolicyModule(LightningModule):
         self.automatic_optimization = False
         self.reward = reward
         self.tokenizer = load_tokenizer(model)
-        policy = load_model(model, dtype=dtype)
+        weights_dtype = resolve_dtype(dtype, trains_weights=lora is None)
+        rank_zero_info(f"lit_rl: {weights_dtype.name} weights ({weights_dtype.reason})")
+        policy = load_model(model, dtype=weights_dtype.name)
         self.policy: nn.Module = apply_lora(policy, lora) if lora is not None else policy
         # With LoRA the reference is the policy with adapters off; otherwise a frozen copy,
         # registered as a submodule so checkpoints keep it (ReferenceSyncCallback changes it).

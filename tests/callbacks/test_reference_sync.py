@@ -15,7 +15,9 @@ def _module(tiny_model_dir, lora=True):
         if lora
         else None
     )
-    module = GRPOModule(reward=FormatReward(), model=str(tiny_model_dir), lora=config)
+    module = GRPOModule(
+        reward=FormatReward(), model=str(tiny_model_dir), dtype="float32", lora=config
+    )
     with torch.no_grad():  # pretend training moved the policy away from the reference
         for name, p in module.policy.named_parameters():
             if "lora_B" in name or (not lora and "mlp" in name):

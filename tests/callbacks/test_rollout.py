@@ -16,6 +16,7 @@ def _fit_with_reward(tiny_model_dir, fn):
     module = GRPOModule(
         reward=FunctionReward(fn, name="user_reward"),
         model=str(tiny_model_dir),
+        dtype="float32",
         lora=LoraConfig(r=2, target_modules=["q_proj"]),
         num_generations=2,
         max_completion_length=4,

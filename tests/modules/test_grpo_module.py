@@ -31,6 +31,7 @@ def _module(tiny_model_dir, **kwargs):
     defaults = dict(
         reward=ContainsTargetCharacter(field="answer"),
         model=str(tiny_model_dir),
+        dtype="float32",  # hand-checked numbers must not depend on the CPU's bf16 units
         lora=LoraConfig(**LORA),
         num_generations=4,
         max_completion_length=8,
@@ -147,3 +148,9 @@ def test_policy_never_runs_dropout(tiny_model_dir):
     module = _module(tiny_model_dir)
     module.train()
     assert module.training and not any(m.training for m in module.policy.modules())
+
+
+def test_the_dtype_choice_and_its_reason_are_logged(tiny_model_dir, caplog):
+    with caplog.at_level("INFO"):
+        _module(tiny_model_dir)
+    assert "lit_rl: float32 weights (set explicitly)" in caplog.text
