@@ -18,8 +18,8 @@ import torch
 from peft import LoraConfig
 
 from lit_rl.algorithms import grpo_loss
-from lit_rl.callbacks import RolloutCallback
 from lit_rl.data import PromptDataModule
+from lit_rl.experience import make_experience
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import MathCorrectness
 from lit_rl.rollout import HFGenerateEngine
@@ -83,7 +83,6 @@ def main() -> None:
     )
     data.setup("fit")
     engine = TimedEngine()
-    callback = RolloutCallback(engine=engine)
     phases: dict[str, list[float]] = {
         "generate": [],
         "score+reference": [],
@@ -95,10 +94,9 @@ def main() -> None:
         if index == args.warmup + args.steps:
             break
         start = time.perf_counter()
-        callback.on_train_batch_start(None, module, batch, index)
-        rollout = batch["rollout"]
+        rollout, _ = make_experience(module, engine, batch, f"batch {index}")
         rolled = time.perf_counter()
-        logprobs, _ = module.rollout_logprobs(module.policy, rollout, with_entropy=True)
+        logprobs, _ = module.policy_logprobs(rollout, with_entropy=True)
         loss, _ = grpo_loss(
             logprobs,
             logprobs.detach(),

@@ -64,22 +64,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed: int = 0):
-    """A hand-built RolloutBatch over random completion tokens (no generation)."""
-    from lit_rl.types import RolloutBatch
+    """A hand-built Experience over random completion tokens (no generation)."""
+    from lit_rl.experience import Experience
 
     prompt = tokenizer(prompts, return_tensors="pt", padding=True)
     g = torch.Generator().manual_seed(seed)
     completion = torch.randint(10, len(tokenizer), (len(prompts), completion_length), generator=g)
     lengths = torch.randint(1, completion_length + 1, (len(prompts),), generator=g)
     mask = torch.arange(completion_length)[None, :] < lengths[:, None]
-    return RolloutBatch(
+    return Experience(
         input_ids=torch.cat([prompt.input_ids, completion], 1),
         attention_mask=torch.cat([prompt.attention_mask, torch.ones_like(completion)], 1),
         completion_mask=mask,
         rewards=torch.zeros(len(prompts)),
-        advantages=torch.randn(len(prompts), generator=g),
-        old_logprobs=None,
-        ref_logprobs=None,
+        token_rewards=torch.zeros(mask.shape),
+        advantages=torch.randn(len(prompts), 1, generator=g) * mask,
     )
 
 

@@ -18,27 +18,41 @@ from lit_rl.algorithms.advantages import (
     process_supervised_advantages,
     whiten,
 )
+from lit_rl.algorithms.kl_control import AdaptiveKLController
 from lit_rl.algorithms.logprobs import token_logprobs, token_logprobs_with_entropy
 from lit_rl.algorithms.losses import (
+    Aggregation,
+    KLEstimator,
     LossType,
     aggregate,
+    aggregation_of,
+    explained_variance,
     grpo_loss,
     kl_penalty,
     masked_mean,
+    micro_batch_weight,
     ppo_policy_loss,
     value_loss,
 )
+from lit_rl.algorithms.shaping import token_level_rewards
 
 __all__ = [
+    "AdaptiveKLController",
+    "Aggregation",
+    "KLEstimator",
     "LossType",
     "aggregate",
+    "aggregation_of",
+    "explained_variance",
     "gae",
     "group_normalized_advantages",
     "grpo_loss",
     "kl_penalty",
     "masked_mean",
+    "micro_batch_weight",
     "ppo_policy_loss",
     "process_supervised_advantages",
+    "token_level_rewards",
     "token_logprobs",
     "token_logprobs_with_entropy",
     "value_loss",

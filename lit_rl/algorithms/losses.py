@@ -19,6 +19,13 @@ _AGGREGATION: dict[str, Aggregation] = {
 }
 
 
+def aggregation_of(loss_type: LossType) -> Aggregation:
+    """How ``grpo_loss`` with this ``loss_type`` reduces per-token terms to a scalar."""
+    if loss_type not in _AGGREGATION:
+        raise ValueError(f"unknown loss_type {loss_type!r}: use one of {list(_AGGREGATION)}")
+    return _AGGREGATION[loss_type]
+
+
 def masked_mean(
     values: torch.Tensor,  # [N, T]
     mask: torch.Tensor,  # [N, T] bool
@@ -52,6 +59,25 @@ def aggregate(
     raise ValueError(
         f"unknown aggregation {aggregation!r}: use one of {list(_AGGREGATION.values())}"
     )
+
+
+def micro_batch_weight(
+    micro_mask: torch.Tensor,  # [n, T] bool, rows of one micro-batch
+    batch_mask: torch.Tensor,  # [N, T] bool, the whole (mini)batch it was cut from
+    aggregation: Aggregation,
+) -> float:
+    """The factor that makes gradient accumulation exact: the sum over micro-batches of
+    ``weight * aggregate(micro)`` equals ``aggregate(batch)``.
+
+    ``sequence_mean`` and ``constant_normalizer`` average over rows (T is the same padded
+    length in every micro-batch): weight = n / N. ``token_mean`` averages over counted tokens:
+    weight = tokens(micro) / tokens(batch).
+    """
+    if aggregation == "token_mean":
+        return micro_mask.sum().item() / max(1, batch_mask.sum().item())
+    if aggregation in ("sequence_mean", "constant_normalizer"):
+        return micro_mask.shape[0] / batch_mask.shape[0]
+    raise ValueError(f"unknown aggregation {aggregation!r}")
 
 
 def kl_penalty(
@@ -121,8 +147,7 @@ def grpo_loss(
     Returns ``(loss, stats)``; stats are detached: ``kl`` (mean k3 over counted tokens),
     ``clip_ratio`` (fraction of counted tokens where the clip was active), ``ratio``.
     """
-    if loss_type not in _AGGREGATION:
-        raise ValueError(f"unknown loss_type {loss_type!r}: use one of {list(_AGGREGATION)}")
+    aggregation = aggregation_of(loss_type)
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     advantages = advantages.expand_as(logprobs)
@@ -137,7 +162,7 @@ def grpo_loss(
         kl = kl_penalty(logprobs, ref_logprobs, "k3")
         per_token_objective = per_token_objective - beta * kl
         stats["kl"] = masked_mean(kl, completion_mask).detach()
-    loss = -aggregate(per_token_objective, completion_mask, _AGGREGATION[loss_type])
+    loss = -aggregate(per_token_objective, completion_mask, aggregation)
     stats["clip_ratio"] = masked_mean(clipped.to(logprobs.dtype), completion_mask).detach()
     stats["ratio"] = masked_mean(ratio, completion_mask).detach()
     return loss, stats
@@ -194,3 +219,20 @@ def value_loss(
         ).detach(),
     }
     return loss, stats
+
+
+def explained_variance(
+    values: torch.Tensor,  # [N, T] predictions V(s_t)
+    returns: torch.Tensor,  # [N, T] targets
+    completion_mask: torch.Tensor,  # [N, T] bool
+) -> torch.Tensor:  # []
+    """``1 - Var(returns - values) / Var(returns)`` over counted tokens: 1 is a perfect value
+    function, 0 no better than predicting the mean return, negative worse than that."""
+    weights = completion_mask.to(returns.dtype)
+    count = weights.sum().clamp(min=1)
+
+    def variance(x: torch.Tensor) -> torch.Tensor:
+        mean = (x * weights).sum() / count
+        return (((x - mean) ** 2) * weights).sum() / count
+
+    return (1 - variance(returns - values) / variance(returns).clamp(min=1e-8)).detach()

@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_rl.models.lora import lora_layers
+from lit_rl.modules import PolicyModule
 
 
 class ReferenceSyncCallback(Callback):
@@ -33,14 +34,15 @@ class ReferenceSyncCallback(Callback):
         self.last_sync_step = 0  # in checkpoints, so a resumed run keeps the schedule
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not hasattr(pl_module, "policy") or not hasattr(pl_module, "reference"):
+        if not isinstance(pl_module, PolicyModule):
             raise TypeError(
-                "ReferenceSyncCallback needs a lit_rl PolicyModule (policy + reference)"
+                "ReferenceSyncCallback needs a lit_rl PolicyModule (policy + reference), got "
+                f"{type(pl_module).__name__}"
             )
-        if getattr(pl_module, "beta", 0) == 0:
+        if not pl_module.uses_reference:
             raise ValueError(
-                "ReferenceSyncCallback with beta = 0: there is no reference to sync; "
-                "remove the callback or set beta > 0"
+                "ReferenceSyncCallback on a module without a reference (beta = 0 or kl_coef = "
+                "0): there is nothing to sync; remove the callback or enable the KL term"
             )
 
     def on_train_batch_end(
@@ -52,9 +54,7 @@ class ReferenceSyncCallback(Callback):
             self.last_sync_step = step
 
     @torch.no_grad()
-    def sync(
-        self, pl_module: LightningModule, optimizers: list[torch.optim.Optimizer] = ()
-    ) -> None:
+    def sync(self, pl_module: PolicyModule, optimizers: list[torch.optim.Optimizer] = ()) -> None:
         if pl_module.reference is not None:
             for ref, param in zip(
                 pl_module.reference.parameters(), pl_module.policy.parameters(), strict=True

@@ -1,4 +1,4 @@
-"""RolloutCallback: sample, score and prepare the rollouts each GRPO/PPO step trains on."""
+"""RolloutCallback: drives the experience pipeline before every training step."""
 
 import time
 from typing import Any
@@ -6,27 +6,25 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.rollout import HFGenerateEngine, RolloutEngine
-from lit_rl.types import RolloutBatch
-
-_PROTOCOL = (
-    "policy",
-    "tokenizer",
-    "num_generations",
-    "sampling",
-    "eos_token_ids",
-    "decode_completions",
-    "score",
-    "compute_advantages",
-    "needs_old_logprobs",
-    "old_logprobs",
-    "reference_logprobs",
+from lit_rl.algorithms import masked_mean
+from lit_rl.experience import (
+    EXPERIENCE_KEY,
+    Experience,
+    ExperienceModule,
+    ExperienceSpec,
+    make_experience,
 )
+from lit_rl.rollout import HFGenerateEngine, RolloutEngine
 
 
 class RolloutCallback(Callback):
-    """Before every training step: G completions per prompt, their rewards and advantages,
-    old (when needed) and reference logprobs, handed over as ``batch["rollout"]``.
+    """Before every training step, turn the batch's prompts into an ``Experience`` with
+    ``lit_rl.experience.make_experience`` (generate -> score -> logprobs/values -> shaping ->
+    advantages) and hand it to the module as ``batch["experience"]``.
+
+    Why a callback and not the data side: Lightning fetches the next batch before the current
+    step runs, so a dataloader that generated would sample with weights one update old; a
+    callback runs right before the step, with the current weights, and sees the module.
 
     Args:
         engine: how completions are sampled; ``HFGenerateEngine`` (transformers ``generate``)
@@ -38,16 +36,16 @@ class RolloutCallback(Callback):
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        missing = [name for name in _PROTOCOL if not hasattr(pl_module, name)]
-        if missing:
+        if not isinstance(pl_module, ExperienceModule):
             raise TypeError(
-                f"RolloutCallback drives modules derived from lit_rl.modules.PolicyModule; "
-                f"{type(pl_module).__name__} lacks {missing}"
+                f"RolloutCallback drives modules that implement "
+                f"lit_rl.experience.ExperienceModule (e.g. lit_rl.modules.GRPOModule); "
+                f"{type(pl_module).__name__} does not"
             )
         self._check_context(trainer, pl_module)
 
     @staticmethod
-    def _check_context(trainer: Trainer, pl_module: LightningModule) -> None:
+    def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:
         """Prompt + completion must fit the model's context window."""
         context = getattr(pl_module.policy.config, "max_position_embeddings", None)
         max_prompt = (
@@ -55,93 +53,31 @@ class RolloutCallback(Callback):
         )
         if context is None or max_prompt is None:
             return
-        needed = max_prompt + pl_module.sampling.max_new_tokens
+        max_new = pl_module.experience_spec().sampling.max_new_tokens
+        needed = max_prompt + max_new
         if needed > context:
             raise ValueError(
                 f"max_prompt_length ({max_prompt}) + max_completion_length "
-                f"({pl_module.sampling.max_new_tokens}) = {needed} exceeds the model's context of "
+                f"({max_new}) = {needed} exceeds the model's context of "
                 f"{context} tokens: lower one of them"
             )
 
-    @torch.no_grad()
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: dict[str, Any], batch_idx: int
     ) -> None:
         start = time.perf_counter()
-        group_size = pl_module.num_generations
-        prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-        completion_ids = self.engine.generate(
-            pl_module.policy,
-            prompt_ids,
-            prompt_mask,
-            group_size,
-            pl_module.sampling,
-            pl_module.tokenizer.pad_token_id,
-            pl_module.eos_token_ids,
+        spec = pl_module.experience_spec()
+        experience, seconds = make_experience(
+            pl_module, self.engine, batch, f"training batch {batch_idx}"
         )
-        generation_time = time.perf_counter() - start
-        completion_mask, completions = pl_module.decode_completions(completion_ids)
-        # Dataset fields, repeated so that row i describes completion i (prompt-major).
-        fields = {
-            key: [v for v in values for _ in range(group_size)]
-            for key, values in batch.items()
-            if isinstance(values, list)
-        }
-        reward = pl_module.score(
-            fields["prompt"], completions, fields, f"training batch {batch_idx}"
-        )
-        rewards = reward.total.to(prompt_ids.device)
-        rollout = RolloutBatch(
-            input_ids=torch.cat(
-                [prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1
-            ),
-            attention_mask=torch.cat(
-                [prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)],
-                dim=1,
-            ),
-            completion_mask=completion_mask,
-            rewards=rewards,
-            advantages=pl_module.compute_advantages(rewards),
-            old_logprobs=None,
-            ref_logprobs=None,
-            reward_components=reward.components,
-            prompts=fields["prompt"],
-            completions=completions,
-        )
-        if pl_module.needs_old_logprobs:
-            rollout.old_logprobs = pl_module.old_logprobs(rollout)
-        rollout.ref_logprobs = pl_module.reference_logprobs(rollout)
-        batch["rollout"] = rollout
+        batch[EXPERIENCE_KEY] = experience
         self.num_rollouts += 1
-        self._log(pl_module, rollout, group_size, generation_time, time.perf_counter() - start)
-
-    def _log(
-        self,
-        pl_module: LightningModule,
-        rollout: RolloutBatch,
-        group_size: int,
-        generation_time: float,
-        rollout_time: float,
-    ) -> None:
-        size = rollout.rewards.shape[0]
-        group_std = rollout.rewards.view(-1, group_size).std(dim=1)
-        lengths = rollout.completion_mask.sum(1).float()
-        truncated = ~torch.isin(rollout.input_ids[:, -1], torch.tensor(pl_module.eos_token_ids))
-        truncated &= rollout.completion_mask[:, -1]
-        stats = {
-            "rollout/reward": rollout.rewards.mean(),
-            "rollout/reward_std": group_std.mean(),
-            "rollout/zero_std_fraction": (group_std == 0).float().mean(),
-            "rollout/completion_len": lengths.mean(),
-            "rollout/truncated_fraction": truncated.float().mean(),
-            "rollout/generation_time": torch.tensor(generation_time),
-            "rollout/time": torch.tensor(rollout_time),
-        }
-        stats.update(
-            {f"rollout/reward/{k}": v.mean() for k, v in rollout.reward_components.items()}
-        )
-        for name, value in stats.items():
-            pl_module.log(name, value.float(), batch_size=size, prog_bar=name == "rollout/reward")
+        seconds["total"] = time.perf_counter() - start
+        metrics = rollout_metrics(experience, spec, seconds)
+        for name, value in metrics.items():
+            pl_module.log(
+                name, value, batch_size=len(experience), prog_bar=name == "rollout/reward"
+            )
 
     def state_dict(self) -> dict[str, Any]:
         # The sampling RNG travels with the checkpoint so a resumed run draws the same rollouts.
@@ -150,3 +86,35 @@ class RolloutCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_rollouts = state_dict["num_rollouts"]
         torch.set_rng_state(state_dict["torch_rng_state"])
+
+
+def rollout_metrics(
+    experience: Experience,
+    spec: ExperienceSpec,
+    seconds: dict[str, float],
+) -> dict[str, torch.Tensor]:
+    """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md)."""
+    rewards, mask = experience.rewards, experience.completion_mask
+    group_std = rewards.view(-1, spec.num_generations).std(dim=1)
+    last_tokens = experience.input_ids[:, -1]
+    truncated = ~torch.isin(
+        last_tokens, torch.tensor(spec.eos_token_ids, device=last_tokens.device)
+    )
+    truncated &= mask[:, -1]
+    metrics = {
+        "rollout/reward": experience.token_rewards.sum(dim=1).mean(),
+        "rollout/score": rewards.mean(),
+        "rollout/reward_std": group_std.mean(),
+        "rollout/zero_std_fraction": (group_std == 0).float().mean(),
+        "rollout/completion_len": mask.sum(1).float().mean(),
+        "rollout/truncated_fraction": truncated.float().mean(),
+        "rollout/advantage_std": experience.advantages[mask].std(),
+        **{f"rollout/reward/{k}": v.mean() for k, v in experience.reward_components.items()},
+        **{f"rollout/{phase}_time": torch.tensor(s) for phase, s in seconds.items()},
+    }
+    if experience.kl is not None:
+        metrics["rollout/kl"] = (experience.kl * mask).sum(dim=1).mean()
+        metrics["rollout/kl_coef"] = torch.tensor(spec.kl_coef)
+    if experience.values is not None:
+        metrics["rollout/values"] = masked_mean(experience.values, mask)
+    return {name: value.float() for name, value in metrics.items()}

@@ -5,6 +5,9 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lit_rl.algorithms import masked_mean
+from lit_rl.experience import EXPERIENCE_KEY
+
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
@@ -31,16 +34,15 @@ class SampleLoggerCallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        rollout = batch.get("rollout") if isinstance(batch, dict) else None
-        if rollout is None or batch_idx % self.every_n_steps:
+        experience = batch.get(EXPERIENCE_KEY) if isinstance(batch, dict) else None
+        if experience is None or batch_idx % self.every_n_steps:
             return
         rows = ["| reward | advantage | prompt | completion |", "|---|---|---|---|"]
-        for i in range(min(self.max_completions, len(rollout.completions))):
-            advantage = rollout.advantages[i]
-            advantage = advantage.mean() if advantage.dim() else advantage
+        for i in range(min(self.max_completions, len(experience.completions))):
+            advantage = masked_mean(experience.advantages[i], experience.completion_mask[i])
             rows.append(
-                f"| {rollout.rewards[i].item():.3f} | {advantage.item():+.3f} | "
-                f"{_cell(rollout.prompts[i])} | {_cell(rollout.completions[i])} |"
+                f"| {experience.rewards[i].item():.3f} | {advantage.item():+.3f} | "
+                f"{_cell(experience.prompts[i])} | {_cell(experience.completions[i])} |"
             )
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -1,16 +1,25 @@
 """PolicyModule: what every RL LightningModule shares (policy, reference, reward, optimizer,
-log-probabilities, greedy evaluation). Algorithms subclass it and add advantages + a loss."""
+log-probabilities, the update loop over one Experience, greedy evaluation). Algorithms subclass
+it and add their advantage estimator and loss."""
 
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from torch import nn
 
-from lit_rl.algorithms import token_logprobs_with_entropy
+from lit_rl.algorithms import Aggregation, micro_batch_weight, token_logprobs_with_entropy
+from lit_rl.experience import (
+    EXPERIENCE_KEY,
+    AdvantageEstimator,
+    Experience,
+    ExperienceSpec,
+    TokenScores,
+)
 from lit_rl.models import (
     DType,
     apply_lora,
@@ -22,7 +31,6 @@ from lit_rl.models import (
 )
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
 from lit_rl.rollout import HFGenerateEngine, SamplingParams, completion_mask_from_eos
-from lit_rl.types import RolloutBatch
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # [N, L]
@@ -31,14 +39,16 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # [N,
 
 
 class PolicyModule(LightningModule):
-    """Holds the policy (optionally LoRA), its reference and the reward.
+    """Holds the policy (optionally LoRA), its reference and the reward, and implements the
+    ``lit_rl.experience.ExperienceModule`` contract the rollout callback drives.
 
-    Training uses manual optimisation: one rollout batch can feed several optimizer steps
-    (``num_iterations``, PPO epochs), which Lightning's one-batch-one-step loop cannot express.
+    Training uses manual optimisation: one Experience feeds ``update_epochs`` x
+    ``num_mini_batches`` optimizer steps, which Lightning's one-batch-one-step loop cannot
+    express. ``trainer.global_step`` counts optimizer steps.
 
     Args:
-        model: ``embedded`` (SmolLM2-135M-Instruct), a local HF directory, or a hub id.
         reward: scores completions; any ``lit_rl.rewards.Reward`` by ``class_path``.
+        model: ``embedded`` (SmolLM2-135M-Instruct), a local HF directory, or a hub id.
         lora: a peft ``LoraConfig``; ``None`` = full fine-tuning with a frozen reference copy.
         dtype: weights dtype. ``auto`` = ``bfloat16`` where the hardware computes it fast
             (CUDA with bf16, CPUs with AMX or avx512_bf16) and the weights are frozen under
@@ -48,11 +58,14 @@ class PolicyModule(LightningModule):
         max_completion_length: T, new tokens per completion at most.
         temperature: sampling temperature (logprobs are of the tempered distribution).
         top_p: nucleus sampling; 1.0 samples the full distribution.
-        beta: weight of the KL to the reference; 0 skips the reference entirely.
         learning_rate: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, in optimizer steps.
         max_grad_norm: gradient clipping by global norm; 0 disables.
+        num_mini_batches: optimizer steps per pass over one Experience; its rows are shuffled
+            and cut into this many minibatches (must not exceed the rollouts per step).
+        gradient_accumulation_steps: micro-batches per minibatch, to bound memory; the
+            accumulated gradient equals the minibatch's (weighted by the loss aggregation).
         logprob_chunk_size: rows of float32 logits materialised at a time.
     """
 
@@ -66,11 +79,12 @@ class PolicyModule(LightningModule):
         max_completion_length: int = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        beta: float = 0.04,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         max_grad_norm: float = 1.0,
+        num_mini_batches: int = 1,
+        gradient_accumulation_steps: int = 1,
         logprob_chunk_size: int = 256,
     ) -> None:
         super().__init__()
@@ -85,18 +99,22 @@ class PolicyModule(LightningModule):
             ),
             (temperature > 0, f"temperature must be > 0, got {temperature}"),
             (0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p}"),
-            (beta >= 0, f"beta must be >= 0, got {beta}"),
             (learning_rate > 0, f"learning_rate must be > 0, got {learning_rate}"),
             (warmup_steps >= 0, f"warmup_steps must be >= 0, got {warmup_steps}"),
             (
                 max_grad_norm >= 0,
                 f"max_grad_norm must be >= 0 (0 = no clipping), got {max_grad_norm}",
             ),
+            (num_mini_batches >= 1, f"num_mini_batches must be >= 1, got {num_mini_batches}"),
+            (
+                gradient_accumulation_steps >= 1,
+                f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{type(self).__name__}: {message}")
-        self.save_hyperparameters(ignore=["reward"])
+        self.save_hyperparameters(ignore=["reward", "advantage_estimator"])
         self.automatic_optimization = False
         self.reward = reward
         self.tokenizer = load_tokenizer(model)
@@ -104,16 +122,35 @@ class PolicyModule(LightningModule):
         rank_zero_info(f"lit_rl: {weights_dtype.name} weights ({weights_dtype.reason})")
         policy = load_model(model, dtype=weights_dtype.name)
         self.policy: nn.Module = apply_lora(policy, lora) if lora is not None else policy
-        # With LoRA the reference is the policy with adapters off; otherwise a frozen copy,
-        # registered as a submodule so checkpoints keep it (ReferenceSyncCallback changes it).
-        needs_copy = beta > 0 and lora is None
-        self.reference: nn.Module | None = frozen_copy(self.policy) if needs_copy else None
+        self.reference: nn.Module | None = None  # see use_reference()
+        self.uses_reference = False
         self.num_generations = num_generations
-        self.beta = beta
+        self.num_mini_batches = num_mini_batches
+        self.gradient_accumulation_steps = gradient_accumulation_steps
         self.sampling = SamplingParams(max_completion_length, temperature, top_p, do_sample=True)
         self.eos_token_ids = self._eos_token_ids()
+        # Minibatch shuffling has its own RNG (in checkpoints), so it never shifts sampling.
+        self.shuffle_generator = torch.Generator().manual_seed(0)
 
-    # ---- the small protocol callbacks drive the module through ----------------------------
+    def use_reference(self) -> None:
+        """Give the algorithm a reference policy pi_ref. With LoRA it is the policy with its
+        adapters off (no copy); otherwise a frozen copy, registered as a submodule so
+        checkpoints keep it (``ReferenceSyncCallback`` changes it)."""
+        self.uses_reference = True
+        if not isinstance(self.policy, PeftModel):
+            self.reference = frozen_copy(self.policy)
+
+    # ---- what an algorithm sets in its __init__ and defines ------------------------------
+
+    advantage_estimator: AdvantageEstimator
+    update_epochs: int  # passes over each Experience (GRPO's mu, PPO's epochs)
+    loss_aggregation: Aggregation  # how the loss reduces over tokens: weighs accumulation
+
+    def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
+        """Backward ``weight`` x the loss of one micro-batch; return its scalar statistics."""
+        raise NotImplementedError
+
+    # ---- the ExperienceModule contract the rollout callback drives ------------------------
 
     def train(self, mode: bool = True) -> "PolicyModule":
         super().train(mode)
@@ -124,8 +161,19 @@ class PolicyModule(LightningModule):
 
     @property
     def needs_old_logprobs(self) -> bool:
-        """Whether pi_old must be computed before the first update (else ratio = 1 exactly)."""
-        return False
+        """Whether pi_old must be computed at rollout time. With one optimizer step per
+        Experience the update is on-policy: pi_old = pi (detached), ratio = 1 exactly, and the
+        extra forward pass TRL also skips is saved."""
+        return self.update_epochs * self.num_mini_batches > 1
+
+    def experience_spec(self) -> ExperienceSpec:
+        return ExperienceSpec(
+            num_generations=self.num_generations,
+            sampling=self.sampling,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_ids=tuple(self.eos_token_ids),
+            estimator=self.advantage_estimator,
+        )
 
     def score(
         self, prompts: list[str], completions: list[str], batch: dict[str, list[Any]], where: str
@@ -133,8 +181,23 @@ class PolicyModule(LightningModule):
         output = self.reward(prompts, completions, batch)
         return check_reward_output(output, self.reward, len(completions), where)
 
-    def compute_advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @torch.no_grad()
+    def score_tokens(
+        self,
+        input_ids: torch.Tensor,  # [N, P+T]
+        attention_mask: torch.Tensor,  # [N, P+T]
+        num_completion_tokens: int,
+    ) -> TokenScores:
+        old = None
+        if self.needs_old_logprobs:
+            old = self.sequence_logprobs(
+                self.policy, input_ids, attention_mask, num_completion_tokens
+            )[0]
+        return TokenScores(
+            old_logprobs=old,
+            ref_logprobs=self.reference_logprobs(input_ids, attention_mask, num_completion_tokens),
+            values=None,
+        )
 
     def decode_completions(
         self,
@@ -155,6 +218,8 @@ class PolicyModule(LightningModule):
         ids |= set(generation_eos) if isinstance(generation_eos, list) else {generation_eos}
         return sorted(i for i in ids if i is not None)
 
+    # ---- log-probabilities ----------------------------------------------------------------
+
     def completion_logits(
         self,
         model: nn.Module,
@@ -173,36 +238,99 @@ class PolicyModule(LightningModule):
         )
         return output.logits[:, :-1]
 
-    def rollout_logprobs(
-        self, model: nn.Module, rollout: RolloutBatch, with_entropy: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Per-token logprobs [N, T] of the rollout's completions under ``model`` (and the
-        entropy [N, T] of its token distributions when asked)."""
-        num_tokens = rollout.completion_length
-        logits = self.completion_logits(
-            model, rollout.input_ids, rollout.attention_mask, num_tokens
-        )
-        labels = rollout.input_ids[:, -num_tokens:]
+    def sequence_logprobs(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,  # [N, P+T]
+        attention_mask: torch.Tensor,  # [N, P+T]
+        num_completion_tokens: int,
+        with_entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, T], [N, T] or None)
+        """Per-token logprobs of the last ``num_completion_tokens`` tokens under ``model`` (and
+        the entropy of its token distributions when asked)."""
+        logits = self.completion_logits(model, input_ids, attention_mask, num_completion_tokens)
+        labels = input_ids[:, -num_completion_tokens:]
         temperature, chunk = self.sampling.temperature, self.hparams.logprob_chunk_size
         return token_logprobs_with_entropy(logits, labels, temperature, chunk, with_entropy)
 
+    def policy_logprobs(
+        self, experience: Experience, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, T], [N, T] or None)
+        return self.sequence_logprobs(
+            self.policy,
+            experience.input_ids,
+            experience.attention_mask,
+            experience.num_completion_tokens,
+            with_entropy,
+        )
+
     @torch.no_grad()
-    def reference_logprobs(self, rollout: RolloutBatch) -> torch.Tensor | None:  # [N, T]
-        if self.beta == 0:
+    def reference_logprobs(
+        self,
+        input_ids: torch.Tensor,  # [N, P+T]
+        attention_mask: torch.Tensor,  # [N, P+T]
+        num_completion_tokens: int,
+    ) -> torch.Tensor | None:  # [N, T]
+        if not self.uses_reference:
             return None
         with reference_model(self.policy, self.reference) as reference:
-            return self.rollout_logprobs(reference, rollout)[0]
+            return self.sequence_logprobs(
+                reference, input_ids, attention_mask, num_completion_tokens
+            )[0]
 
-    @torch.no_grad()
-    def old_logprobs(self, rollout: RolloutBatch) -> torch.Tensor:  # [N, T]
-        return self.rollout_logprobs(self.policy, rollout)[0]
+    # ---- optimisation over one Experience -------------------------------------------------
 
-    # ---- optimisation ---------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        experience: Experience | None = batch.get(EXPERIENCE_KEY)
+        if experience is None:
+            raise RuntimeError(
+                f"{type(self).__name__} trains on rollouts: add "
+                "lit_rl.callbacks.RolloutCallback to trainer.callbacks"
+            )
+        if len(experience) % self.num_mini_batches:
+            raise ValueError(
+                f"num_mini_batches={self.num_mini_batches} does not divide the "
+                f"{len(experience)} rollouts of a step (prompts per batch x num_generations): "
+                "choose a divisor, so every optimizer step sees as many rollouts"
+            )
+        # One unshuffled minibatch is the whole batch; shuffling would only change float order.
+        generator = self.shuffle_generator if self.num_mini_batches > 1 else None
+        totals: dict[str, float] = defaultdict(float)
+        num_steps = 0
+        for _ in range(self.update_epochs):
+            for minibatch in experience.minibatches(self.num_mini_batches, generator):
+                self.optimizers().zero_grad(set_to_none=True)
+                for micro in minibatch.split(min(self.gradient_accumulation_steps, len(minibatch))):
+                    weight = micro_batch_weight(
+                        micro.completion_mask, minibatch.completion_mask, self.loss_aggregation
+                    )
+                    for name, value in self.accumulate_gradients(micro, weight).items():
+                        totals[name] += weight * float(value)
+                totals["grad_norm"] += float(self.step_optimizer())
+                num_steps += 1
+        # Logged once per Experience: each metric averaged over its optimizer steps.
+        for name, total in totals.items():
+            self.log(
+                f"train/{name}",
+                total / num_steps,
+                batch_size=len(experience),
+                prog_bar=name == "kl",
+            )
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=len(experience))
+        self.on_experience_used(experience)
+
+    def on_experience_used(self, experience: Experience) -> None:
+        """Called after the updates on ``experience`` (PPO adapts its KL coefficient here)."""
+
+    def trainable_parameter_groups(self) -> list[dict[str, Any]]:
+        """AdamW parameter groups; a group without ``lr`` uses ``learning_rate``."""
+        return [{"params": [p for p in self.policy.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(
-            params, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+            self.trainable_parameter_groups(),
+            lr=self.hparams.learning_rate,
+            weight_decay=self.hparams.weight_decay,
         )
         warmup = self.hparams.warmup_steps
         schedule: Callable[[int], float] = lambda step: min(1.0, (step + 1) / (warmup + 1))  # noqa: E731
@@ -212,18 +340,25 @@ class PolicyModule(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def optimizer_step_on(self, loss: torch.Tensor) -> torch.Tensor:
-        """Backward, clip, step the optimizer and the schedule; returns the gradient norm."""
+    def step_optimizer(self) -> torch.Tensor:
+        """Clip the accumulated gradients, step the optimizer and the schedule; returns the
+        gradient norm before clipping."""
         optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
-        optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        params = [p for p in self.policy.parameters() if p.grad is not None]
+        params = [
+            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+        ]
         max_norm = self.hparams.max_grad_norm or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         optimizer.step()
-        scheduler.step()
+        self.lr_schedulers().step()
         return grad_norm
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["shuffle_generator"] = self.shuffle_generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "shuffle_generator" in checkpoint:
+            self.shuffle_generator.set_state(checkpoint["shuffle_generator"])
 
     # ---- evaluation: greedy completions on held-out prompts -------------------------------
 

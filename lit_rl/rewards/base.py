@@ -12,8 +12,19 @@ Batch = dict[str, list[Any]]
 
 @dataclass
 class RewardOutput:
-    total: torch.Tensor  # [N] float32, what advantages are computed from
+    """What a reward returns for N completions.
+
+    ``total`` is the outcome reward. A process reward (DeepSeekMath §4.1.3) also scores the
+    reasoning steps of each completion: ``step_rewards[i, j]`` is the reward of step j of
+    completion i and ``step_ends[i, j]`` the character offset in ``completions[i]`` where that
+    step ends (exclusive, as in ``completion[start:end]``); rows with fewer steps are padded
+    with ``step_ends = -1``. The pipeline maps the offsets to completion tokens.
+    """
+
+    total: torch.Tensor  # [N] float32, the outcome reward
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], for logging
+    step_rewards: torch.Tensor | None = None  # [N, S] float32
+    step_ends: torch.Tensor | None = None  # [N, S] long, character offsets, -1 = padding step
 
 
 @runtime_checkable
@@ -65,7 +76,31 @@ def check_reward_output(
                 f"completion {first} of {where}; return finite numbers (e.g. 0.0 for "
                 "an unparseable answer)"
             )
+    _check_steps(output, name, num_completions, where)
     return output
+
+
+def _check_steps(output: RewardOutput, name: str, num_completions: int, where: str) -> None:
+    if (output.step_rewards is None) != (output.step_ends is None):
+        raise ValueError(
+            f"reward '{name}' gave step_rewards without step_ends (or the reverse) for {where}; "
+            "a process reward returns both, [N, S] each"
+        )
+    if output.step_rewards is None:
+        return
+    rewards, ends = output.step_rewards, output.step_ends
+    if rewards.dim() != 2 or rewards.shape != ends.shape or rewards.shape[0] != num_completions:
+        raise ValueError(
+            f"reward '{name}' gave step_rewards {tuple(rewards.shape)} and step_ends "
+            f"{tuple(ends.shape)} for {where}; expected both ({num_completions}, S)"
+        )
+    if not torch.isfinite(rewards[ends >= 0]).all():
+        raise ValueError(f"reward '{name}' gave non-finite step_rewards for {where}")
+    if ends.dtype.is_floating_point or (ends < -1).any():
+        raise ValueError(
+            f"reward '{name}' gave step_ends that are not integer character offsets "
+            f"(-1 = padding) for {where}"
+        )
 
 
 class FunctionReward:

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from lit_rl.algorithms import aggregate, grpo_loss, kl_penalty, ppo_policy_loss, value_loss
+from lit_rl.algorithms import (
+    aggregate,
+    explained_variance,
+    grpo_loss,
+    kl_penalty,
+    micro_batch_weight,
+    ppo_policy_loss,
+    value_loss,
+)
 
 F64 = dict(dtype=torch.float64)
 LN2, LN15 = math.log(2), math.log(1.5)
@@ -156,3 +164,31 @@ def test_aggregate_hand_values():
     assert aggregate(x, mask, "sequence_mean").item() == pytest.approx((2 + 2) / 2)
     assert aggregate(x, mask, "token_mean").item() == pytest.approx(6 / 3)
     assert aggregate(x, mask, "constant_normalizer").item() == pytest.approx(6 / 6)
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_normalizer"])
+def test_micro_batch_weights_make_accumulation_exact(aggregation):
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(6, 5, generator=g, **F64)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 2, 4, 5])[:, None]
+    whole = aggregate(values, mask, aggregation)
+    parts = [slice(0, 1), slice(1, 4), slice(4, 6)]  # uneven on purpose
+    accumulated = sum(
+        micro_batch_weight(mask[rows], mask, aggregation)
+        * aggregate(values[rows], mask[rows], aggregation)
+        for rows in parts
+    )
+    torch.testing.assert_close(accumulated, whole, rtol=0, atol=1e-12)
+
+
+def test_explained_variance_by_hand():
+    returns = torch.tensor([[1.0, 3.0, 99.0]], **F64)
+    mask = torch.tensor([[True, True, False]])
+    # Var(returns) over counted tokens = 1; perfect predictions give 1, the mean gives 0.
+    assert explained_variance(returns, returns, mask).item() == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 2.0), returns, mask).item() == pytest.approx(
+        0.0
+    )
+    # Predictions [1, 2]: residuals [0, 1], variance 0.25 -> 1 - 0.25 / 1.
+    predicted = torch.tensor([[1.0, 2.0, 0.0]], **F64)
+    assert explained_variance(predicted, returns, mask).item() == pytest.approx(0.75)

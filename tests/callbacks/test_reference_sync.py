@@ -27,8 +27,8 @@ def _module(tiny_model_dir, lora=True):
 
 def _logprobs(module, rollout):
     with torch.no_grad():
-        return module.rollout_logprobs(module.policy, rollout)[0], module.reference_logprobs(
-            rollout
+        return module.policy_logprobs(rollout)[0], module.reference_logprobs(
+            rollout.input_ids, rollout.attention_mask, rollout.num_completion_tokens
         )
 
 

@@ -60,5 +60,5 @@ def test_rollout_state_round_trips_counter_and_rng(tiny_model_dir):
 
 
 def test_callback_refuses_a_module_without_the_rollout_protocol():
-    with pytest.raises(TypeError, match="derived from lit_rl.modules.PolicyModule.*lacks"):
+    with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule"):
         RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")

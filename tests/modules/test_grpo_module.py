@@ -23,7 +23,7 @@ class Capture(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.rollout is None:
-            self.rollout = batch["rollout"]
+            self.rollout = batch["experience"]
             self.weights = copy.deepcopy(pl_module.policy.state_dict())
 
 
@@ -57,7 +57,9 @@ def test_rollout_batch_contents(tiny_model_dir):
     assert r.input_ids.shape[0] == n and r.input_ids.shape == r.attention_mask.shape
     # completion_mask is a prefix per row (right padding)
     assert torch.equal(r.completion_mask, r.completion_mask.cummin(dim=1).values)
-    torch.testing.assert_close(r.advantages, group_normalized_advantages(r.rewards, 4))
+    torch.testing.assert_close(
+        r.advantages, group_normalized_advantages(r.rewards, 4)[:, None] * r.completion_mask
+    )
     assert r.old_logprobs is None  # mu = 1: the update is on-policy
     # LoRA starts with B = 0, so the policy equals the reference (adapters off) at step 0.
     assert r.ref_logprobs.shape == (n, t)
@@ -74,7 +76,7 @@ def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir):
     fresh = _module(tiny_model_dir)
     fresh.policy.load_state_dict(capture.weights)
     r = capture.rollout
-    logprobs, _ = fresh.rollout_logprobs(fresh.policy, r)
+    logprobs, _ = fresh.policy_logprobs(r)
     expected, stats = grpo_loss(
         logprobs,
         logprobs.detach(),
@@ -102,7 +104,7 @@ def test_num_iterations_takes_several_steps_on_one_rollout(tiny_model_dir):
     fresh = _module(tiny_model_dir)
     fresh.policy.load_state_dict(capture.weights)
     with torch.no_grad():
-        expected, _ = fresh.rollout_logprobs(fresh.policy, capture.rollout)
+        expected, _ = fresh.policy_logprobs(capture.rollout)
     torch.testing.assert_close(capture.rollout.old_logprobs, expected, rtol=0, atol=1e-6)
 
 

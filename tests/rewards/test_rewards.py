@@ -90,3 +90,32 @@ def test_bad_reward_output_names_reward_and_batch(total, message):
 def test_reward_returning_a_list_is_told_to_wrap():
     with pytest.raises(TypeError, match="must return RewardOutput.*FunctionReward"):
         check_reward_output([1.0], object(), 1, "training batch 0")
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        (dict(step_rewards=torch.zeros(2, 3)), "step_rewards without step_ends"),
+        (
+            dict(step_rewards=torch.zeros(2, 3), step_ends=torch.zeros(2, 2, dtype=torch.long)),
+            "expected both \\(2, S\\)",
+        ),
+        (
+            dict(
+                step_rewards=torch.tensor([[math.nan], [0.0]]),
+                step_ends=torch.ones(2, 1, dtype=torch.long),
+            ),
+            "non-finite step_rewards",
+        ),
+        (
+            dict(step_rewards=torch.zeros(2, 1), step_ends=torch.ones(2, 1)),
+            "not integer character offsets",
+        ),
+    ],
+)
+def test_bad_step_rewards_are_named(steps, message):
+    output = RewardOutput(total=torch.zeros(2), **steps)
+    with pytest.raises(ValueError, match=message):
+        check_reward_output(
+            output, FunctionReward(lambda p, c, b: [0.0], name="steps"), 2, "batch 0"
+        )

@@ -1,0 +1,26 @@
+"""Per-token rewards: the sequence reward on the last token, the KL to the reference folded in."""
+
+import torch
+
+
+def token_level_rewards(
+    rewards: torch.Tensor,  # [N]
+    completion_mask: torch.Tensor,  # [N, T] bool, a prefix per row
+    kl: torch.Tensor | None = None,  # [N, T]
+    kl_coef: float = 0.0,
+) -> torch.Tensor:  # [N, T]
+    """``r_t = -kl_coef * kl_t`` on every counted token, plus the sequence reward on the last.
+
+    The reward model scores a whole completion; PPO for language models (Ziegler et al., 2019,
+    Eq. 2; Ouyang et al., 2022, Eq. 2) subtracts the per-token KL to the reference from it, so
+    the reward of completion i at token t is ``R_i * [t = last] - kl_coef * KL_it``. Padding
+    gets 0. With ``kl=None`` (GRPO) only the sequence reward remains.
+    """
+    last = completion_mask.sum(dim=1) - 1  # [N] index of each completion's last counted token
+    if (last < 0).any():
+        raise ValueError("every completion needs at least one counted token in completion_mask")
+    token_rewards = torch.zeros(completion_mask.shape, dtype=rewards.dtype, device=rewards.device)
+    token_rewards[torch.arange(rewards.shape[0], device=rewards.device), last] = rewards
+    if kl is not None:
+        token_rewards = token_rewards - kl_coef * kl.to(rewards.dtype) * completion_mask
+    return token_rewards

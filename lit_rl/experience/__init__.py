@@ -1,0 +1,38 @@
+"""The experience layer: one pipeline from prompts to an ``Experience`` every algorithm trains on.
+
+``make_experience`` runs generate -> score -> logprobs/values -> reward shaping -> advantage
+estimator for a module that implements ``ExperienceModule``; estimators are pluggable.
+"""
+
+from lit_rl.experience.contract import (
+    EXPERIENCE_KEY,
+    ExperienceModule,
+    ExperienceSpec,
+    TokenScores,
+)
+from lit_rl.experience.estimators import (
+    GAE,
+    AdvantageEstimator,
+    AdvantageInputs,
+    GroupNormalized,
+    ProcessSupervised,
+)
+from lit_rl.experience.experience import Experience
+from lit_rl.experience.pipeline import PromptBatch, make_experience
+from lit_rl.experience.steps import token_step_ends
+
+__all__ = [
+    "EXPERIENCE_KEY",
+    "GAE",
+    "AdvantageEstimator",
+    "AdvantageInputs",
+    "Experience",
+    "ExperienceModule",
+    "ExperienceSpec",
+    "GroupNormalized",
+    "ProcessSupervised",
+    "PromptBatch",
+    "TokenScores",
+    "make_experience",
+    "token_step_ends",
+]

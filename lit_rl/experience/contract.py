@@ -1,0 +1,65 @@
+"""The typed contract between the experience pipeline and the LightningModule it serves."""
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from lit_rl.algorithms import KLEstimator
+from lit_rl.experience.estimators import AdvantageEstimator
+from lit_rl.rewards import RewardOutput
+from lit_rl.rollout import SamplingParams
+
+# The key under which the driver hands a prompt batch's Experience to ``training_step``.
+EXPERIENCE_KEY = "experience"
+
+
+@dataclass(frozen=True)
+class ExperienceSpec:
+    """What an algorithm asks of the pipeline for the next rollout batch.
+
+    ``kl_coef > 0`` folds ``kl_coef * KL(pi_old || pi_ref)`` (``kl_estimator`` per token) into
+    the per-token reward before the estimator runs (PPO); GRPO keeps its KL in the loss and
+    leaves it at 0.
+    """
+
+    num_generations: int  # G
+    sampling: SamplingParams
+    pad_token_id: int
+    eos_token_ids: tuple[int, ...]
+    estimator: AdvantageEstimator
+    kl_coef: float = 0.0
+    kl_estimator: KLEstimator = "k1"
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """Per-token quantities of the sampled completions under the module's models, [N, T]."""
+
+    old_logprobs: torch.Tensor | None  # pi_old, when the update is not purely on-policy
+    ref_logprobs: torch.Tensor | None  # pi_ref, when there is a reference
+    values: torch.Tensor | None  # V(s_t), when there is a critic
+
+
+@runtime_checkable
+class ExperienceModule(Protocol):
+    """What the pipeline needs from a LightningModule (``lit_rl.modules.PolicyModule``)."""
+
+    policy: nn.Module  # the model the engine samples from
+    tokenizer: PreTrainedTokenizerBase
+
+    def experience_spec(self) -> ExperienceSpec: ...
+
+    def decode_completions(
+        self, completion_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, list[str]]: ...  # ([N, T] bool completion mask, N texts)
+
+    def score(
+        self, prompts: list[str], completions: list[str], batch: dict[str, list[Any]], where: str
+    ) -> RewardOutput: ...
+
+    def score_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int
+    ) -> TokenScores: ...

@@ -1,0 +1,122 @@
+"""Advantage estimators: thin, pluggable wrappers over ``lit_rl.algorithms``' pure functions.
+
+A module takes one as ``advantage_estimator`` (a ``class_path`` in YAML); the experience
+pipeline calls it last, once rewards, per-token rewards, values and step rewards exist.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from lit_rl.algorithms import (
+    gae,
+    group_normalized_advantages,
+    process_supervised_advantages,
+    whiten,
+)
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What an estimator may read. N rollouts (prompt-major, G per prompt), T tokens, S steps."""
+
+    rewards: torch.Tensor  # [N] outcome rewards
+    token_rewards: torch.Tensor  # [N, T] outcome on the last token, minus KL when in the reward
+    completion_mask: torch.Tensor  # [N, T] bool
+    group_size: int  # G
+    values: torch.Tensor | None = None  # [N, T]
+    step_rewards: torch.Tensor | None = None  # [N, S]
+    step_ends: torch.Tensor | None = None  # [N, S] completion-token index, -1 = padding
+
+
+class AdvantageEstimator(ABC):
+    """Turns rewards (and values) into per-token advantages [N, T], 0 on padding, and value
+    targets ``returns`` [N, T] when it uses a critic (else ``None``)."""
+
+    #: whether the module must compute V(s_t) for every rollout token (a critic)
+    needs_values: bool = False
+
+    @abstractmethod
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+class GroupNormalized(AdvantageEstimator):
+    """GRPO outcome supervision (DeepSeekMath §4.1.2): every token of completion i gets
+    ``(r_i - mean(group)) / (std(group) + eps)``; ``scale_by_std=False`` is Dr. GRPO's
+    ``r_i - mean(group)``.
+
+    Args:
+        scale_by_std: divide by the group's sample std.
+        eps: added to the std, so a group of equal rewards gets 0 instead of NaN.
+    """
+
+    def __init__(self, scale_by_std: bool = True, eps: float = 1e-4) -> None:
+        self.scale_by_std = scale_by_std
+        self.eps = eps
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        advantages = group_normalized_advantages(
+            inputs.rewards, inputs.group_size, self.scale_by_std, self.eps
+        )  # [N]
+        return advantages[:, None] * inputs.completion_mask, None
+
+
+class ProcessSupervised(AdvantageEstimator):
+    """GRPO process supervision (DeepSeekMath §4.1.3): step rewards normalized over the
+    group, token t of completion i gets the sum of the normalized rewards of its steps that end
+    at or after t. Needs a reward that returns ``step_rewards`` and ``step_ends``.
+
+    Args:
+        eps: added to the group's std of step rewards.
+    """
+
+    def __init__(self, eps: float = 1e-4) -> None:
+        self.eps = eps
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        if inputs.step_rewards is None or inputs.step_ends is None:
+            raise ValueError(
+                "ProcessSupervised needs step rewards: use a reward that returns "
+                "RewardOutput(step_rewards=[N, S], step_ends=[N, S]), or the GroupNormalized "
+                "estimator for outcome rewards"
+            )
+        advantages = process_supervised_advantages(
+            inputs.step_rewards,
+            inputs.step_ends,
+            inputs.group_size,
+            inputs.completion_mask.shape[1],
+            self.eps,
+        )
+        return advantages * inputs.completion_mask, None
+
+
+class GAE(AdvantageEstimator):
+    """Generalized Advantage Estimation (Schulman et al., 2016) over the per-token rewards,
+    with a critic's values; returns = advantages + values are the value targets.
+
+    Args:
+        gamma: discount per token.
+        lam: GAE's lambda; 1 = Monte-Carlo returns minus values, 0 = one-step TD errors.
+        whiten_advantages: normalize advantages to zero mean and unit variance over the
+            batch's counted tokens (after computing returns, as PPO implementations do).
+    """
+
+    needs_values = True
+
+    def __init__(self, gamma: float = 1.0, lam: float = 0.95, whiten_advantages: bool = True):
+        if not 0 <= gamma <= 1 or not 0 <= lam <= 1:
+            raise ValueError(f"gamma and lam must be in [0, 1], got {gamma}, {lam}")
+        self.gamma = gamma
+        self.lam = lam
+        self.whiten_advantages = whiten_advantages
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        if inputs.values is None:
+            raise ValueError("GAE needs values: the module must provide a critic")
+        advantages, returns = gae(
+            inputs.token_rewards, inputs.values, inputs.completion_mask, self.gamma, self.lam
+        )
+        if self.whiten_advantages:
+            advantages = whiten(advantages, inputs.completion_mask) * inputs.completion_mask
+        return advantages, returns

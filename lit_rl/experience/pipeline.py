@@ -1,0 +1,114 @@
+"""The experience pipeline: generate -> score -> logprobs and values -> shaping -> advantages."""
+
+import time
+from typing import Any
+
+import torch
+
+from lit_rl.algorithms import kl_penalty, token_level_rewards
+from lit_rl.experience.contract import ExperienceModule
+from lit_rl.experience.estimators import AdvantageInputs
+from lit_rl.experience.experience import Experience
+from lit_rl.experience.steps import token_step_ends
+from lit_rl.rollout import RolloutEngine
+
+PromptBatch = dict[str, Any]  # input_ids/attention_mask [B, P] (left padded), fields: B-lists
+
+
+@torch.no_grad()
+def make_experience(
+    module: ExperienceModule, engine: RolloutEngine, batch: PromptBatch, where: str
+) -> tuple[Experience, dict[str, float]]:
+    """Sample G completions per prompt of ``batch`` and turn them into an ``Experience``.
+
+    Returns the experience and the seconds each phase took (``generation``, ``scoring``,
+    ``logprobs``, ``advantages``). ``where`` names the batch in error messages.
+    """
+    spec = module.experience_spec()
+    group_size = spec.num_generations
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    # 1. Generate G completions per prompt (prompt-major rows).
+    prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+    completion_ids = engine.generate(
+        module.policy,
+        prompt_ids,
+        prompt_mask,
+        group_size,
+        spec.sampling,
+        spec.pad_token_id,
+        list(spec.eos_token_ids),
+    )
+    completion_mask, completions = module.decode_completions(completion_ids)
+    seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
+
+    # 2. Score: outcome rewards [N], and step rewards [N, S] from a process reward.
+    fields = {  # dataset fields, repeated so that row i describes completion i
+        key: [v for v in values for _ in range(group_size)]
+        for key, values in batch.items()
+        if isinstance(values, list)
+    }
+    reward = module.score(fields["prompt"], completions, fields, where)
+    device = prompt_ids.device
+    rewards = reward.total.to(device)
+    step_ends = None
+    if reward.step_ends is not None:
+        decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        step_ends = token_step_ends(
+            completion_ids, completion_mask, reward.step_ends.cpu(), decode
+        ).to(device)
+    seconds["scoring"], start = time.perf_counter() - start, time.perf_counter()
+
+    # 3. Log-probabilities under pi_old and pi_ref, values under the critic.
+    input_ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)
+    attention_mask = torch.cat(
+        [prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1
+    )
+    scores = module.score_tokens(input_ids, attention_mask, completion_ids.shape[1])
+    seconds["logprobs"], start = time.perf_counter() - start, time.perf_counter()
+
+    # 4. Shaping: the outcome on the last token, the KL to the reference folded in if asked.
+    kl = None
+    if spec.kl_coef > 0:
+        if scores.old_logprobs is None or scores.ref_logprobs is None:
+            raise ValueError("KL in the reward needs old and reference logprobs from score_tokens")
+        kl = kl_penalty(scores.old_logprobs, scores.ref_logprobs, spec.kl_estimator)
+    token_rewards = token_level_rewards(rewards, completion_mask, kl, spec.kl_coef)
+
+    # 5. Advantages (and value targets) from the chosen estimator.
+    if spec.estimator.needs_values and scores.values is None:
+        raise ValueError(
+            f"{type(spec.estimator).__name__} needs values, but the module has no critic"
+        )
+    advantages, returns = spec.estimator(
+        AdvantageInputs(
+            rewards=rewards,
+            token_rewards=token_rewards,
+            completion_mask=completion_mask,
+            group_size=group_size,
+            values=scores.values,
+            step_rewards=None if reward.step_rewards is None else reward.step_rewards.to(device),
+            step_ends=step_ends,
+        )
+    )
+    seconds["advantages"] = time.perf_counter() - start
+    experience = Experience(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        completion_mask=completion_mask,
+        rewards=rewards,
+        token_rewards=token_rewards,
+        advantages=advantages,
+        returns=returns,
+        old_logprobs=scores.old_logprobs,
+        ref_logprobs=scores.ref_logprobs,
+        values=scores.values,
+        kl=kl,
+        step_rewards=reward.step_rewards,
+        step_ends=step_ends,
+        reward_components=reward.components,
+        prompts=fields["prompt"],
+        completions=completions,
+    )
+    return experience, seconds

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from lit_rl.algorithms import AdaptiveKLController, kl_penalty, token_level_rewards
+
+
+def test_sequence_reward_lands_on_the_last_counted_token():
+    rewards = torch.tensor([1.0, -2.0])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    expected = torch.tensor([[0.0, 0.0, 1.0], [-2.0, 0.0, 0.0]])
+    assert torch.equal(token_level_rewards(rewards, mask), expected)
+
+
+def test_kl_in_the_reward_by_hand():
+    # Completion 0 has 3 tokens, completion 1 has 2 (one padding token).
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -9.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.5, -2.0, -1.0], [-0.5, -3.0, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    kl = kl_penalty(logprobs, ref, "k1")  # log pi - log pi_ref
+    assert torch.equal(kl, torch.tensor([[0.5, 0.0, 0.5], [-0.5, 2.0, -9.0]], dtype=torch.float64))
+    shaped = token_level_rewards(rewards, mask, kl, kl_coef=0.1)
+    # r_t = -0.1 * kl_t, + R on the last counted token; padding 0 (its kl of -9 is ignored).
+    expected = torch.tensor([[-0.05, 0.0, 1.0 - 0.05], [0.05, -0.2, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(shaped, expected, rtol=0, atol=1e-12)
+
+
+def test_an_empty_completion_is_refused():
+    with pytest.raises(ValueError, match="at least one counted token"):
+        token_level_rewards(torch.ones(1), torch.zeros(1, 3, dtype=torch.bool))
+
+
+def test_adaptive_kl_controller_follows_ziegler():
+    controller = AdaptiveKLController(coef=0.1, target=6.0, horizon=10_000)
+    # KL 9 is 50 % over target: error clipped to +0.2; coef *= 1 + 0.2 * 256 / 10000.
+    assert controller.update(9.0, 256) == pytest.approx(0.1 * (1 + 0.2 * 0.0256))
+    # KL 5.4 is 10 % under target: coef *= 1 - 0.1 * 0.0256.
+    before = controller.coef
+    assert controller.update(5.4, 256) == pytest.approx(before * (1 - 0.1 * 0.0256))
+    fixed = AdaptiveKLController(coef=0.05)
+    assert fixed.update(100.0, 256) == 0.05
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(coef=-1.0), "kl_coef must be >= 0"),
+        (dict(coef=0.1, target=0.0), "kl_target must be > 0"),
+        (dict(coef=0.1, target=1.0, horizon=0), "kl_horizon must be >= 1"),
+    ],
+)
+def test_adaptive_kl_controller_refuses_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptiveKLController(**kwargs)

@@ -1,0 +1,122 @@
+"""Experience slicing, the estimators as wrappers of the pure functions, step-end mapping."""
+
+import pytest
+import torch
+
+from lit_rl.algorithms import (
+    gae,
+    group_normalized_advantages,
+    process_supervised_advantages,
+    whiten,
+)
+from lit_rl.experience import (
+    GAE,
+    AdvantageInputs,
+    GroupNormalized,
+    ProcessSupervised,
+    token_step_ends,
+)
+from tests.conftest import build_tokenizer, make_rollout
+
+
+def _experience():
+    tokenizer = build_tokenizer()
+    experience = make_rollout(tokenizer, ["a", "bb", "ccc", "dddd", "e", "ff"])
+    experience.rewards = torch.arange(6.0)
+    experience.values = torch.randn(experience.completion_mask.shape)
+    experience.reward_components = {"c": torch.arange(6.0) * 10}
+    experience.prompts = [f"p{i}" for i in range(6)]
+    experience.completions = [f"c{i}" for i in range(6)]
+    return experience
+
+
+def test_select_keeps_every_field_row_aligned():
+    experience = _experience()
+    part = experience.select(torch.tensor([4, 1]))
+    assert len(part) == 2
+    assert torch.equal(part.rewards, torch.tensor([4.0, 1.0]))
+    assert torch.equal(part.input_ids, experience.input_ids[[4, 1]])
+    assert torch.equal(part.values, experience.values[[4, 1]])
+    assert torch.equal(part.reward_components["c"], torch.tensor([40.0, 10.0]))
+    assert part.prompts == ["p4", "p1"] and part.completions == ["c4", "c1"]
+    assert part.old_logprobs is None and part.returns is None
+
+
+def test_minibatches_partition_the_rows():
+    experience = _experience()
+    generator = torch.Generator().manual_seed(0)
+    parts = experience.minibatches(3, generator)
+    assert [len(p) for p in parts] == [2, 2, 2]
+    rows = torch.cat([p.rewards for p in parts])
+    assert sorted(rows.tolist()) == list(range(6)) and rows.tolist() != list(range(6))
+    in_order = experience.split(4)
+    assert [len(p) for p in in_order] == [2, 2, 1, 1]
+    assert torch.cat([p.rewards for p in in_order]).tolist() == list(range(6))
+    with pytest.raises(ValueError, match="cannot cut 6 rollouts into 7 minibatches"):
+        experience.split(7)
+
+
+def _inputs(**overrides):
+    g = torch.Generator().manual_seed(0)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 3, 4])[:, None]
+    defaults = dict(
+        rewards=torch.tensor([1.0, 0.0, 0.5, 0.5]),
+        token_rewards=torch.randn(4, 5, generator=g) * mask,
+        completion_mask=mask,
+        group_size=2,
+        values=torch.randn(4, 5, generator=g),
+    )
+    return AdvantageInputs(**{**defaults, **overrides})
+
+
+def test_group_normalized_is_the_outcome_advantage_on_every_counted_token():
+    inputs = _inputs()
+    advantages, returns = GroupNormalized()(inputs)
+    expected = group_normalized_advantages(inputs.rewards, 2)[:, None] * inputs.completion_mask
+    assert torch.equal(advantages, expected) and returns is None
+    # Group 2 has equal rewards: zero advantage, not NaN.
+    assert torch.equal(advantages[2:], torch.zeros(2, 5))
+    dr_grpo, _ = GroupNormalized(scale_by_std=False)(inputs)
+    assert dr_grpo[0, 0].item() == pytest.approx(0.5)  # r - mean = 1 - 0.5
+
+
+def test_process_supervised_wraps_the_pure_function_and_needs_step_rewards():
+    step_rewards = torch.tensor([[1.0, 0.0], [0.5, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    step_ends = torch.tensor([[1, 4], [1, -1], [2, -1], [0, 3]])
+    inputs = _inputs(step_rewards=step_rewards, step_ends=step_ends)
+    advantages, _ = ProcessSupervised()(inputs)
+    expected = process_supervised_advantages(step_rewards, step_ends, 2, 5) * inputs.completion_mask
+    assert torch.equal(advantages, expected)
+    assert advantages[0, 0] != advantages[0, 2]  # per token, not per completion
+    with pytest.raises(ValueError, match="ProcessSupervised needs step rewards"):
+        ProcessSupervised()(_inputs())
+
+
+def test_gae_estimator_whitens_advantages_and_returns_unwhitened_targets():
+    inputs = _inputs()
+    advantages, returns = GAE(gamma=0.9, lam=0.8)(inputs)
+    raw, expected_returns = gae(
+        inputs.token_rewards, inputs.values, inputs.completion_mask, 0.9, 0.8
+    )
+    assert torch.equal(returns, expected_returns)
+    torch.testing.assert_close(
+        advantages, whiten(raw, inputs.completion_mask) * inputs.completion_mask
+    )
+    plain, _ = GAE(gamma=0.9, lam=0.8, whiten_advantages=False)(inputs)
+    assert torch.equal(plain, raw)
+    assert GAE.needs_values and not GroupNormalized.needs_values
+    with pytest.raises(ValueError, match="GAE needs values"):
+        GAE()(_inputs(values=None))
+
+
+def test_step_ends_map_character_offsets_to_tokens():
+    tokenizer = build_tokenizer()  # one token per character, special tokens decode to ""
+    text_ids = tokenizer("ab<|im_start|>cd", add_special_tokens=False).input_ids
+    assert len(text_ids) == 5
+    ids = torch.tensor([text_ids + [tokenizer.pad_token_id]])  # one padding token after
+    mask = torch.tensor([[True] * 5 + [False]])
+    decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+    # "ab" ends at token 1; "abc" at token 3 (after the empty special token); past the end and
+    # at the end -> the last counted token 4; -1 stays padding.
+    char_ends = torch.tensor([[2, 3, 99, -1]])
+    assert token_step_ends(ids, mask, char_ends, decode).tolist() == [[1, 3, 4, -1]]

@@ -1,0 +1,153 @@
+"""The experience pipeline through GRPOModule on the tiny model: process rewards reach the loss
+per token, gradient accumulation is exact, and bad configurations are named."""
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from peft import LoraConfig
+
+from lit_rl.algorithms import grpo_loss, process_supervised_advantages
+from lit_rl.data import PromptDataModule
+from lit_rl.experience import GAE, ProcessSupervised
+from lit_rl.modules import GRPOModule
+from lit_rl.rewards import RewardOutput
+from tests.byo_reward import ContainsTargetCharacter
+from tests.conftest import rollout_trainer
+
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
+
+
+class ChunkParity:
+    """A toy process reward: every 2 characters of a completion are a step, rewarded 1 when
+    the step's first character has an odd code point. Ends are exclusive character offsets."""
+
+    name = "chunk_parity"
+
+    def __call__(self, prompts, completions, batch) -> RewardOutput:
+        num_steps = max(1, max((len(c) + 1) // 2 for c in completions))
+        rewards = torch.zeros(len(completions), num_steps)
+        ends = torch.full((len(completions), num_steps), -1, dtype=torch.long)
+        for i, text in enumerate(completions):
+            for j, start in enumerate(range(0, len(text), 2)):
+                rewards[i, j] = float(ord(text[start]) % 2)
+                ends[i, j] = min(start + 2, len(text))
+        total = rewards.sum(1)
+        return RewardOutput(total, {self.name: total}, step_rewards=rewards, step_ends=ends)
+
+
+class Capture(Callback):
+    """The first Experience, the weights it was sampled with, and the first gradients."""
+
+    def __init__(self):
+        self.experience = self.weights = self.grads = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.experience is None:
+            self.experience = batch["experience"]
+            self.weights = copy.deepcopy(pl_module.policy.state_dict())
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.grads is None:
+            self.grads = {
+                n: p.grad.clone()
+                for n, p in pl_module.policy.named_parameters()
+                if p.grad is not None
+            }
+
+
+def _module(tiny_model_dir, **kwargs):
+    defaults = dict(
+        reward=ContainsTargetCharacter(field="answer"),
+        model=str(tiny_model_dir),
+        dtype="float32",
+        lora=LoraConfig(**LORA),
+        num_generations=4,
+        max_completion_length=10,
+        learning_rate=1e-2,
+    )
+    return GRPOModule(**{**defaults, **kwargs})
+
+
+def _fit(module, tiny_model_dir, batch_size=2, steps=1):
+    capture = Capture()
+    data = PromptDataModule(
+        tokenizer=str(tiny_model_dir), batch_size=batch_size, num_train=8, num_val=2
+    )
+    trainer = rollout_trainer(steps, [capture])
+    trainer.fit(module, data)
+    return trainer, capture
+
+
+def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, reward=ChunkParity(), advantage_estimator=ProcessSupervised())
+    trainer, capture = _fit(module, tiny_model_dir)
+    e = capture.experience
+    n, t = e.completion_mask.shape
+    assert e.step_rewards.shape[0] == n and e.step_ends.shape == e.step_rewards.shape
+    # Each step end is the first token whose decoded prefix covers the step's last character.
+    reward = ChunkParity()(e.prompts, e.completions, {})
+    decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    completion_ids = e.input_ids[:, -t:]
+    for i in range(n):
+        for j in range(e.step_ends.shape[1]):
+            char_end, token_end = int(reward.step_ends[i, j]), int(e.step_ends[i, j])
+            if char_end < 0:
+                assert token_end == -1
+                continue
+            assert len(decode(completion_ids[i, : token_end + 1].tolist())) >= char_end
+            assert len(decode(completion_ids[i, :token_end].tolist())) < char_end
+    expected = process_supervised_advantages(e.step_rewards, e.step_ends, 4, t) * e.completion_mask
+    torch.testing.assert_close(e.advantages, expected, rtol=0, atol=0)
+    varies = [(a[m] != a[m][0]).any() for a, m in zip(e.advantages, e.completion_mask, strict=True)]
+    assert any(varies), "process advantages should differ between tokens of a completion"
+    # The loss of the first step is grpo_loss on those per-token advantages.
+    fresh = _module(tiny_model_dir, reward=ChunkParity(), advantage_estimator=ProcessSupervised())
+    fresh.policy.load_state_dict(capture.weights)
+    logprobs, _ = fresh.policy_logprobs(e)
+    loss, _ = grpo_loss(
+        logprobs, logprobs.detach(), e.ref_logprobs, e.advantages, e.completion_mask
+    )
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_model_dir, loss_type):
+    grads = []
+    for accumulation in (1, 3):  # 8 rollouts in micro-batches of 3, 3, 2
+        torch.manual_seed(0)
+        module = _module(
+            tiny_model_dir, loss_type=loss_type, gradient_accumulation_steps=accumulation
+        )
+        _, capture = _fit(module, tiny_model_dir)
+        grads.append(capture.grads)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+def test_minibatches_take_one_optimizer_step_each_and_need_old_logprobs(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, num_mini_batches=2, num_iterations=2)
+    assert module.needs_old_logprobs
+    trainer, capture = _fit(module, tiny_model_dir, steps=4)
+    assert trainer.global_step == 4 and capture.experience.old_logprobs is not None
+
+
+def test_num_mini_batches_must_divide_the_rollouts(tiny_model_dir):
+    module = _module(tiny_model_dir, num_mini_batches=3)  # 2 prompts x 4 = 8 rollouts
+    with pytest.raises(ValueError, match="num_mini_batches=3 does not divide the 8 rollouts"):
+        _fit(module, tiny_model_dir)
+
+
+def test_an_estimator_that_needs_values_is_refused_by_grpo(tiny_model_dir):
+    with pytest.raises(ValueError, match="GAE needs a value model.*PPOModule"):
+        _module(tiny_model_dir, advantage_estimator=GAE())
+
+
+def test_a_process_estimator_without_step_rewards_names_the_fix(tiny_model_dir):
+    module = _module(tiny_model_dir, advantage_estimator=ProcessSupervised())
+    with pytest.raises(ValueError, match="ProcessSupervised needs step rewards"):
+        _fit(module, tiny_model_dir)
