@@ -38,7 +38,10 @@ def test_every_recipe_parses(recipe, capsys):
     with pytest.raises(SystemExit) as exit_info:
         run_cli(["fit", "--config", str(recipe), "--print_config"])
     assert exit_info.value.code == 0
-    assert "class_path: lit_rl.modules.GRPOModule" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "class_path: lit_rl.modules.GRPOModule" in printed or (
+        "class_path: lit_rl.modules.PPOModule" in printed
+    )
 
 
 def test_local_directory_recipe_trains_logs_and_exports(tiny_model_dir, tmp_path):
@@ -181,3 +184,46 @@ def test_console_script_exits_zero_on_success(tiny_model_dir, tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_ppo_recipe_trains_and_logs_the_documented_metrics(tiny_model_dir, tmp_path):
+    run_cli(
+        [
+            "fit",
+            "--config",
+            "recipes/ppo_math.yaml",
+            f"--model.init_args.model={tiny_model_dir}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.max_steps=8",  # 2 rollout batches of 2 epochs x 2 minibatches
+            "--trainer.val_check_interval=2",
+            *TINY,
+        ]
+    )
+    run = tmp_path / "ppo_math" / "version_0"
+    scalars, _ = _scalars_and_text(run)
+    expected = {
+        "train/loss",
+        "train/policy_loss",
+        "train/value_loss",
+        "train/vf_explained_var",
+        "train/approx_kl",
+        "train/clip_ratio",
+        "train/value_clip_ratio",
+        "train/entropy",
+        "train/grad_norm",
+        "rollout/reward",
+        "rollout/score",
+        "rollout/kl",
+        "rollout/kl_coef",
+        "rollout/values",
+        "rollout/reward/correctness",
+        "val/reward",
+    }
+    assert expected <= scalars, expected - scalars
+    checkpoints = run / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True, map_location="cpu")
+    assert last["global_step"] == 8 and last["kl_coef"] == 0.05
+    assert any(".lora_A.value." in k for k in last["state_dict"])
+    # The exported policy is the policy adapter merged into the base: no critic inside.
+    policy = AutoModelForCausalLM.from_pretrained(checkpoints / "policy")
+    assert not any("lora" in name or "value" in name for name, _ in policy.named_parameters())

@@ -38,3 +38,23 @@ def test_default_recipe_trains_the_embedded_model(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "checkpoints" / "policy" / "model.safetensors").is_file()
+
+
+def test_ppo_recipe_trains_the_embedded_model(tmp_path):
+    run_cli(
+        [
+            "fit",
+            "--config",
+            "recipes/ppo_math.yaml",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.max_steps=4",  # one rollout batch: 2 epochs x 2 minibatches
+            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=0",
+            "--model.init_args.max_completion_length=16",
+            "--model.init_args.num_generations=4",
+        ]
+    )
+    events = EventAccumulator(str(tmp_path / "ppo_math" / "version_0"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/policy_loss", "train/value_loss", "rollout/kl", "rollout/values"} <= scalars

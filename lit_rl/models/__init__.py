@@ -9,24 +9,35 @@ from lit_rl.models.loader import (
     load_tokenizer,
     resolve_model_path,
 )
-from lit_rl.models.lora import apply_lora, merged_state_dict
+from lit_rl.models.lora import apply_lora, lora_config_dict, merged_state_dict
 from lit_rl.models.reference import frozen_copy, reference_model
-from lit_rl.models.value_head import ValueModel
+from lit_rl.models.value_head import (
+    VALUE_ADAPTER,
+    ValueModel,
+    adapter_values,
+    add_value_adapter,
+    value_adapter_parameters,
+)
 
 __all__ = [
     "EMBEDDED_ALIASES",
     "DType",
     "DTypeChoice",
+    "VALUE_ADAPTER",
     "ValueModel",
+    "adapter_values",
+    "add_value_adapter",
     "apply_lora",
     "choose_dtype",
     "embedded_model_dir",
     "frozen_copy",
     "load_model",
     "load_tokenizer",
+    "lora_config_dict",
     "merged_state_dict",
     "reference_model",
     "resolve_dtype",
     "resolve_model_path",
     "save_policy",
+    "value_adapter_parameters",
 ]

@@ -1,5 +1,8 @@
 """LoRA adapters (peft) on a causal LM, and merging them into plain weights."""
 
+from enum import Enum
+from typing import Any
+
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
@@ -10,6 +13,19 @@ def apply_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
     """Wrap ``model`` with trainable LoRA adapters; the base weights are frozen."""
     config.task_type = config.task_type or "CAUSAL_LM"
     return get_peft_model(model, config)
+
+
+def lora_config_dict(config: LoraConfig) -> dict[str, Any]:
+    """``config`` in plain types (no enums or sets), so a checkpoint's hyperparameters load
+    with ``torch.load(weights_only=True)``; ``LoraConfig(**d)`` rebuilds it."""
+    plain = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, set):
+            value = sorted(value)
+        plain[key] = value
+    return plain
 
 
 def lora_layers(model: PeftModel) -> list[LoraLayer]:

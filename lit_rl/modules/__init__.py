@@ -2,5 +2,6 @@
 
 from lit_rl.modules.base import PolicyModule
 from lit_rl.modules.grpo import GRPOModule
+from lit_rl.modules.ppo import PPOModule
 
-__all__ = ["GRPOModule", "PolicyModule"]
+__all__ = ["GRPOModule", "PPOModule", "PolicyModule"]

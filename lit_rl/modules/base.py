@@ -26,6 +26,7 @@ from lit_rl.models import (
     frozen_copy,
     load_model,
     load_tokenizer,
+    lora_config_dict,
     reference_model,
     resolve_dtype,
 )
@@ -114,7 +115,9 @@ class PolicyModule(LightningModule):
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{type(self).__name__}: {message}")
-        self.save_hyperparameters(ignore=["reward", "advantage_estimator"])
+        # Objects stay out of the checkpoint's hyperparameters, which load with weights_only.
+        self.save_hyperparameters(ignore=["reward", "advantage_estimator", "lora"])
+        self.hparams["lora"] = None if lora is None else lora_config_dict(lora)
         self.automatic_optimization = False
         self.reward = reward
         self.tokenizer = load_tokenizer(model)

@@ -11,7 +11,7 @@ from peft import LoraConfig
 from lit_rl.algorithms import grpo_loss, process_supervised_advantages
 from lit_rl.data import PromptDataModule
 from lit_rl.experience import GAE, ProcessSupervised
-from lit_rl.modules import GRPOModule
+from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
 from tests.byo_reward import ContainsTargetCharacter
 from tests.conftest import rollout_trainer
@@ -113,14 +113,30 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss.item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
-def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_model_dir, loss_type):
+def _ppo(tiny_model_dir, **kwargs):
+    return PPOModule(
+        reward=ContainsTargetCharacter(field="answer"),
+        model=str(tiny_model_dir),
+        dtype="float32",
+        lora=LoraConfig(**LORA),
+        num_generations=4,
+        max_completion_length=10,
+        ppo_epochs=1,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo", "ppo"])
+def test_gradient_accumulation_gives_the_full_batch_gradient(tiny_model_dir, algorithm):
     grads = []
     for accumulation in (1, 3):  # 8 rollouts in micro-batches of 3, 3, 2
         torch.manual_seed(0)
-        module = _module(
-            tiny_model_dir, loss_type=loss_type, gradient_accumulation_steps=accumulation
-        )
+        if algorithm == "ppo":  # policy and value losses, both token means
+            module = _ppo(tiny_model_dir, gradient_accumulation_steps=accumulation)
+        else:
+            module = _module(
+                tiny_model_dir, loss_type=algorithm, gradient_accumulation_steps=accumulation
+            )
         _, capture = _fit(module, tiny_model_dir)
         grads.append(capture.grads)
     assert grads[0].keys() == grads[1].keys() and grads[0]

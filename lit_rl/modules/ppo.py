@@ -1,0 +1,240 @@
+"""PPOModule: PPO for language models with a critic (Schulman et al., 2017; Ziegler et al., 2019;
+Ouyang et al., 2022), as DeepSeekMath §4.1 describes the baseline GRPO replaces."""
+
+import dataclasses
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from lit_rl.algorithms import (
+    AdaptiveKLController,
+    KLEstimator,
+    explained_variance,
+    masked_mean,
+    ppo_policy_loss,
+    value_loss,
+)
+from lit_rl.experience import GAE, AdvantageEstimator, Experience, ExperienceSpec, TokenScores
+from lit_rl.models import (
+    ValueModel,
+    adapter_values,
+    add_value_adapter,
+    resolve_dtype,
+    value_adapter_parameters,
+)
+from lit_rl.modules.base import PolicyModule, position_ids_from_mask
+
+
+class PPOModule(PolicyModule):
+    """The update of PPO: clipped surrogate on GAE advantages plus a clipped value loss, with the
+    KL to the reference folded into the per-token reward.
+
+    The critic is, by default, a second LoRA adapter on the policy's own backbone with a scalar
+    head: one set of base weights serves the policy (its adapter on), the reference (all adapters
+    off) and the critic (the value adapter on); no second copy of the model. ``value_model``
+    names a separate model instead (fully trained, float32 under ``dtype: auto``).
+
+    Args (beyond ``PolicyModule``'s; names as in TRL's PPOConfig and OpenRLHF):
+        epsilon: clip range of the policy ratio (``cliprange``).
+        epsilon_high: upper clip range; ``None`` = ``epsilon``.
+        cliprange_value: clip range of the value update around the rollout's values.
+        vf_coef: weight of the value loss.
+        ppo_epochs: passes over each Experience (each takes ``num_mini_batches`` steps).
+        kl_coef: initial weight of the per-token KL(pi_old || pi_ref) subtracted from the
+            reward; 0 = no KL and no reference.
+        kl_estimator: the per-token KL estimate in the reward: ``k1`` (log-ratio, the usual
+            choice in RLHF PPO), ``k2`` or ``k3``.
+        kl_target: adapt ``kl_coef`` towards this per-sequence KL (Ziegler et al., 2019);
+            ``None`` keeps it fixed.
+        kl_horizon: the adaptive controller's horizon, in samples.
+        value_model: ``None`` = a value adapter on the policy backbone (needs ``lora``); else
+            a model name or directory for a separate critic.
+        value_learning_rate: learning rate of the critic's parameters; ``None`` =
+            ``learning_rate``.
+        advantage_estimator: ``None`` = ``lit_rl.experience.GAE()`` (gamma 1, lambda 0.95,
+            whitened advantages); any estimator that uses the critic's values.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        epsilon: float = 0.2,
+        epsilon_high: float | None = None,
+        cliprange_value: float = 0.2,
+        vf_coef: float = 0.1,
+        ppo_epochs: int = 4,
+        kl_coef: float = 0.05,
+        kl_estimator: KLEstimator = "k1",
+        kl_target: float | None = None,
+        kl_horizon: int = 10_000,
+        value_model: str | None = None,
+        value_learning_rate: float | None = None,
+        advantage_estimator: AdvantageEstimator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        checks = [
+            (0 < epsilon < 1, f"epsilon must be in (0, 1), got {epsilon}"),
+            (
+                epsilon_high is None or epsilon_high > 0,
+                f"epsilon_high must be > 0, got {epsilon_high}",
+            ),
+            (cliprange_value > 0, f"cliprange_value must be > 0, got {cliprange_value}"),
+            (vf_coef > 0, f"vf_coef must be > 0, got {vf_coef}"),
+            (ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {ppo_epochs}"),
+            (
+                kl_target is None or kl_coef > 0,
+                "kl_target adapts kl_coef multiplicatively: start from kl_coef > 0",
+            ),
+            (
+                value_learning_rate is None or value_learning_rate > 0,
+                f"value_learning_rate must be > 0, got {value_learning_rate}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"PPOModule: {message}")
+        estimator = advantage_estimator or GAE()
+        if not estimator.needs_values:
+            raise ValueError(
+                f"PPOModule trains a critic, and {type(estimator).__name__} does not use its "
+                "values: use GAE, or GRPOModule for critic-free estimators"
+            )
+        self.advantage_estimator = estimator
+        self.epsilon = epsilon
+        self.epsilon_high = epsilon_high
+        self.cliprange_value = cliprange_value
+        self.vf_coef = vf_coef
+        self.update_epochs = ppo_epochs
+        self.loss_aggregation = "token_mean"  # both losses average over counted tokens
+        self.kl_estimator = kl_estimator
+        self.kl_controller = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+        if kl_coef > 0:
+            self.use_reference()
+        self.value_learning_rate = value_learning_rate
+        if value_model is not None:
+            dtype = resolve_dtype(self.hparams.dtype, trains_weights=True)
+            self.value_model: ValueModel | None = ValueModel.from_pretrained(
+                value_model, dtype.name
+            )
+            self.value_head: nn.Linear | None = None
+        elif isinstance(self.policy, PeftModel):
+            self.value_model = None
+            self.value_head = add_value_adapter(self.policy)
+        else:
+            raise ValueError(
+                "PPOModule's critic is a value adapter on the policy's backbone, which needs "
+                "LoRA: set lora, or name a separate value_model (a model name or directory)"
+            )
+
+    def train(self, mode: bool = True) -> "PPOModule":
+        super().train(mode)
+        if self.value_model is not None:
+            self.value_model.eval()  # the critic, like the policy, runs without dropout
+        return self
+
+    # ---- the critic ------------------------------------------------------------------------
+
+    def completion_values(
+        self,
+        input_ids: torch.Tensor,  # [N, P+T]
+        attention_mask: torch.Tensor,  # [N, P+T]
+        num_completion_tokens: int,
+    ) -> torch.Tensor:  # [N, T] float32
+        """``V(s_t)``: the value of the state before completion token t, read at the position
+        whose logits predict token t (the last prompt token for t = 0)."""
+        position_ids = position_ids_from_mask(attention_mask)
+        if self.value_model is not None:
+            values = self.value_model(input_ids, attention_mask, position_ids)
+        else:
+            values = adapter_values(
+                self.policy, self.value_head, input_ids, attention_mask, position_ids
+            )
+        return values[:, -(num_completion_tokens + 1) : -1]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        if self.value_model is not None:
+            return list(self.value_model.parameters())
+        return [*value_adapter_parameters(self.policy), *self.value_head.parameters()]
+
+    def trainable_parameter_groups(self) -> list[dict[str, Any]]:
+        critic = self.critic_parameters()
+        critic_ids = {id(p) for p in critic}
+        policy = [
+            p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids
+        ]
+        value_group: dict[str, Any] = {"params": critic}
+        if self.value_learning_rate is not None:
+            value_group["lr"] = self.value_learning_rate
+        return [{"params": policy}, value_group]
+
+    # ---- the ExperienceModule contract ------------------------------------------------------
+
+    @property
+    def needs_old_logprobs(self) -> bool:
+        # The KL in the reward is KL(pi_old || pi_ref): it needs pi_old even on-policy.
+        return self.uses_reference or super().needs_old_logprobs
+
+    def experience_spec(self) -> ExperienceSpec:
+        return dataclasses.replace(
+            super().experience_spec(),
+            kl_coef=self.kl_controller.coef if self.uses_reference else 0.0,
+            kl_estimator=self.kl_estimator,
+        )
+
+    @torch.no_grad()
+    def score_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int
+    ) -> TokenScores:
+        scores = super().score_tokens(input_ids, attention_mask, num_completion_tokens)
+        values = self.completion_values(input_ids, attention_mask, num_completion_tokens)
+        return dataclasses.replace(scores, values=values)
+
+    # ---- the update ------------------------------------------------------------------------
+
+    def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
+        mask = micro.completion_mask
+        logprobs, entropy = self.policy_logprobs(micro, with_entropy=True)
+        old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        policy_loss, policy_stats = ppo_policy_loss(
+            logprobs, old_logprobs, micro.advantages, mask, self.epsilon, self.epsilon_high
+        )
+        # Policy and critic touch disjoint parameters: two backward passes keep only one
+        # forward graph alive at a time (peak memory of one pass, not both).
+        self.manual_backward(policy_loss * weight)
+        values = self.completion_values(
+            micro.input_ids, micro.attention_mask, micro.num_completion_tokens
+        )
+        critic_loss, value_stats = value_loss(
+            values, micro.values, micro.returns, mask, self.cliprange_value
+        )
+        self.manual_backward(self.vf_coef * critic_loss * weight)
+        return {
+            "loss": policy_loss.detach() + self.vf_coef * critic_loss.detach(),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": critic_loss.detach(),
+            "entropy": masked_mean(entropy, mask),
+            **policy_stats,
+            **value_stats,
+        }
+
+    def on_experience_used(self, experience: Experience) -> None:
+        mask = experience.completion_mask
+        self.log(
+            "train/vf_explained_var",
+            explained_variance(experience.values, experience.returns, mask),
+            batch_size=len(experience),
+        )
+        if experience.kl is not None:
+            sequence_kl = (experience.kl * mask).sum(dim=1).mean().item()
+            self.kl_controller.update(sequence_kl, len(experience))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["kl_coef"] = self.kl_controller.coef
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.kl_controller.coef = checkpoint["kl_coef"]

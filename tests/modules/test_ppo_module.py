@@ -1,0 +1,166 @@
+"""PPOModule on the tiny model: one backbone for policy, reference and critic; the update touches
+the policy adapter, the value adapter and the value head only; the critic learns."""
+
+import copy
+import json
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+from peft import LoraConfig
+
+from lit_rl.algorithms import gae, kl_penalty, token_level_rewards, whiten
+from lit_rl.data import PromptDataModule
+from lit_rl.experience import GroupNormalized
+from lit_rl.models import VALUE_ADAPTER
+from lit_rl.modules import PPOModule
+from lit_rl.rewards import FunctionReward
+from tests.byo_reward import ContainsTargetCharacter
+from tests.conftest import rollout_trainer
+
+LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
+
+
+class Capture(Callback):
+    def __init__(self):
+        self.experiences, self.weights, self.explained = [], None, []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.experiences.append(batch["experience"])
+        if self.weights is None:
+            self.weights = copy.deepcopy(pl_module.state_dict())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.explained.append(trainer.callback_metrics["train/vf_explained_var"].item())
+
+
+def _module(tiny_model_dir, **kwargs):
+    defaults = dict(
+        reward=ContainsTargetCharacter(field="answer"),
+        model=str(tiny_model_dir),
+        dtype="float32",
+        lora=LoraConfig(**LORA),
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-2,
+        ppo_epochs=2,
+        num_mini_batches=2,
+    )
+    return PPOModule(**{**defaults, **kwargs})
+
+
+def _fit(module, tiny_model_dir, steps=1, batch_size=2):
+    capture = Capture()
+    data = PromptDataModule(
+        tokenizer=str(tiny_model_dir), batch_size=batch_size, num_train=16, num_val=2
+    )
+    trainer = rollout_trainer(steps, [capture])
+    trainer.fit(module, data)
+    return trainer, capture
+
+
+def test_experience_holds_values_kl_shaped_rewards_and_gae(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, kl_coef=0.1)
+    _, capture = _fit(module, tiny_model_dir, steps=8)  # 2 epochs x 2 minibatches per batch
+    e = capture.experiences[0]
+    n, t = e.completion_mask.shape
+    for field in ("old_logprobs", "ref_logprobs", "values", "returns", "kl"):
+        assert getattr(e, field).shape == (n, t), field
+    # Value head and value adapter start at zero: V = 0 and pi_old = pi_ref on the first batch.
+    assert torch.equal(e.values, torch.zeros(n, t))
+    torch.testing.assert_close(e.old_logprobs, e.ref_logprobs, rtol=0, atol=1e-6)
+    # The second batch: recompute shaping and GAE from its stored parts.
+    e = capture.experiences[1]
+    kl = kl_penalty(e.old_logprobs, e.ref_logprobs, "k1")
+    assert (kl * e.completion_mask).abs().sum() > 0
+    shaped = token_level_rewards(e.rewards, e.completion_mask, kl, kl_coef=0.1)
+    torch.testing.assert_close(e.token_rewards, shaped)
+    raw, returns = gae(shaped, e.values, e.completion_mask, gamma=1.0, lam=0.95)
+    torch.testing.assert_close(e.returns, returns)
+    torch.testing.assert_close(e.advantages, whiten(raw, e.completion_mask) * e.completion_mask)
+
+
+def test_one_step_moves_both_adapters_and_the_head_but_not_the_base(tiny_model_dir):
+    torch.manual_seed(0)
+    # One training step = 2 epochs x 2 minibatches. The zero-initialised head passes no
+    # gradient to the value adapter on the very first optimizer step; the later ones move it.
+    module = _module(tiny_model_dir)
+    _, capture = _fit(module, tiny_model_dir)
+    before, after = capture.weights, module.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    policy_lora = {k for k in changed if ".lora_" in k and ".default." in k}
+    value_lora = {k for k in changed if ".lora_" in k and f".{VALUE_ADAPTER}." in k}
+    assert policy_lora and value_lora
+    assert {"value_head.weight", "value_head.bias"} <= changed
+    assert changed == policy_lora | value_lora | {"value_head.weight", "value_head.bias"}
+
+
+def test_the_critic_learns_a_prompt_dependent_reward(tiny_model_dir, tmp_path):
+    # Prompts "Say A" are worth 1, "Say B" 0, whatever the completion: the critic can explain
+    # the returns only by reading the prompt. Starting from V = 0 (explained variance 0), it
+    # must explain over half of the variance within 10 rollout batches.
+    data = tmp_path / "ab.jsonl"
+    rows = [{"question": f"Say {c}", "target": c} for c in "AB" * 8]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    torch.manual_seed(0)
+    module = _module(
+        tiny_model_dir,
+        reward=FunctionReward(lambda p, c, b: [float(t == "A") for t in b["target"]], name="is_a"),
+        kl_coef=0.0,
+        learning_rate=1e-3,
+        value_learning_rate=1e-2,
+        vf_coef=1.0,
+        cliprange_value=1.0,
+        ppo_epochs=4,
+        num_mini_batches=1,
+    )
+    capture = Capture()
+    prompts = PromptDataModule(tokenizer=str(tiny_model_dir), train_data=str(data), batch_size=8)
+    rollout_trainer(4 * 10, [capture]).fit(module, prompts)
+    explained = capture.explained
+    assert len(explained) == 10 and abs(explained[0]) < 0.05, explained
+    assert explained[-1] > 0.5, explained
+
+
+def test_kl_coef_adapts_and_travels_with_the_checkpoint(tiny_model_dir, tmp_path):
+    torch.manual_seed(0)
+    settings = dict(kl_coef=0.1, kl_estimator="k3", kl_target=0.01, kl_horizon=100)
+    module = _module(tiny_model_dir, **settings)
+    trainer, capture = _fit(module, tiny_model_dir, steps=12)  # 3 rollout batches
+    expected = 0.1  # Ziegler et al.: coef *= 1 + clip(KL / target - 1, +-0.2) * n / horizon
+    for e in capture.experiences:
+        sequence_kl = (e.kl * e.completion_mask).sum(1).mean().item()
+        expected *= 1 + min(max(sequence_kl / 0.01 - 1, -0.2), 0.2) * len(e) / 100
+    assert module.kl_controller.coef == pytest.approx(expected, rel=1e-6)
+    assert module.kl_controller.coef != 0.1
+    trainer.save_checkpoint(tmp_path / "ppo.ckpt")
+    checkpoint = torch.load(tmp_path / "ppo.ckpt", weights_only=True)
+    restored = _module(tiny_model_dir, **settings)
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.kl_controller.coef == module.kl_controller.coef
+
+
+def test_a_separate_value_model_trains_beside_full_finetuning(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, lora=None, value_model=str(tiny_model_dir))
+    assert module.value_head is None and module.value_model is not None
+    head_before = module.value_model.head.weight.clone()
+    _, capture = _fit(module, tiny_model_dir)
+    assert capture.experiences[0].values.shape == capture.experiences[0].completion_mask.shape
+    assert not torch.equal(module.value_model.head.weight, head_before)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(lora=None), "value adapter on the policy's backbone, which needs LoRA"),
+        (dict(advantage_estimator=GroupNormalized()), "does not use its values: use GAE"),
+        (dict(kl_coef=0.0, kl_target=1.0), "start from kl_coef > 0"),
+        (dict(vf_coef=0.0), "vf_coef must be > 0"),
+        (dict(ppo_epochs=0), "ppo_epochs must be >= 1"),
+    ],
+)
+def test_bad_ppo_configuration_is_named(tiny_model_dir, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _module(tiny_model_dir, **kwargs)
