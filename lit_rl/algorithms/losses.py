@@ -227,7 +227,8 @@ def explained_variance(
     completion_mask: torch.Tensor,  # [N, T] bool
 ) -> torch.Tensor:  # []
     """``1 - Var(returns - values) / Var(returns)`` over counted tokens: 1 is a perfect value
-    function, 0 no better than predicting the mean return, negative worse than that."""
+    function, 0 no better than predicting the mean return, negative worse than that. NaN when
+    the returns do not vary (nothing to explain), as in Stable-Baselines3 and CleanRL."""
     weights = completion_mask.to(returns.dtype)
     count = weights.sum().clamp(min=1)
 
@@ -235,4 +236,7 @@ def explained_variance(
         mean = (x * weights).sum() / count
         return (((x - mean) ** 2) * weights).sum() / count
 
-    return (1 - variance(returns - values) / variance(returns).clamp(min=1e-8)).detach()
+    total = variance(returns)
+    if total == 0:
+        return torch.tensor(float("nan"), dtype=returns.dtype)
+    return (1 - variance(returns - values) / total).detach()

@@ -52,6 +52,7 @@ def make_experience(
     reward = module.score(fields["prompt"], completions, fields, where)
     device = prompt_ids.device
     rewards = reward.total.to(device)
+    step_rewards = None if reward.step_rewards is None else reward.step_rewards.to(device)
     step_ends = None
     if reward.step_ends is not None:
         decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
@@ -88,7 +89,7 @@ def make_experience(
             completion_mask=completion_mask,
             group_size=group_size,
             values=scores.values,
-            step_rewards=None if reward.step_rewards is None else reward.step_rewards.to(device),
+            step_rewards=step_rewards,
             step_ends=step_ends,
         )
     )
@@ -105,7 +106,7 @@ def make_experience(
         ref_logprobs=scores.ref_logprobs,
         values=scores.values,
         kl=kl,
-        step_rewards=reward.step_rewards,
+        step_rewards=step_rewards,
         step_ends=step_ends,
         reward_components=reward.components,
         prompts=fields["prompt"],

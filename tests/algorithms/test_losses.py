@@ -192,3 +192,5 @@ def test_explained_variance_by_hand():
     # Predictions [1, 2]: residuals [0, 1], variance 0.25 -> 1 - 0.25 / 1.
     predicted = torch.tensor([[1.0, 2.0, 0.0]], **F64)
     assert explained_variance(predicted, returns, mask).item() == pytest.approx(0.75)
+    constant = torch.tensor([[2.0, 2.0, 5.0]], **F64)  # counted returns do not vary
+    assert math.isnan(explained_variance(predicted, constant, mask).item())
