@@ -98,3 +98,14 @@ def rollout_trainer(max_steps: int = 1, callbacks: tuple = ()):
         num_sanity_val_steps=0,
         limit_val_batches=0,
     )
+
+
+def fit_rollouts(module, model_dir, steps: int = 1, callbacks: tuple = (), **data_args):
+    """Train ``module`` for ``steps`` optimizer steps on the embedded math prompts, tokenized for
+    the model in ``model_dir``; ``data_args`` override PromptDataModule's test defaults."""
+    from lit_rl.data import PromptDataModule
+
+    settings = dict(tokenizer=str(model_dir), batch_size=2, num_train=8, num_val=2)
+    trainer = rollout_trainer(steps, callbacks)
+    trainer.fit(module, PromptDataModule(**{**settings, **data_args}))
+    return trainer

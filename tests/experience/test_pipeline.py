@@ -9,12 +9,11 @@ from lightning.pytorch import Callback
 from peft import LoraConfig
 
 from lit_rl.algorithms import grpo_loss, process_supervised_advantages
-from lit_rl.data import PromptDataModule
 from lit_rl.experience import GAE, ProcessSupervised
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
 from tests.byo_reward import ContainsTargetCharacter
-from tests.conftest import rollout_trainer
+from tests.conftest import fit_rollouts
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
 
@@ -70,14 +69,9 @@ def _module(tiny_model_dir, **kwargs):
     return GRPOModule(**{**defaults, **kwargs})
 
 
-def _fit(module, tiny_model_dir, batch_size=2, steps=1):
+def _fit(module, tiny_model_dir, steps=1):
     capture = Capture()
-    data = PromptDataModule(
-        tokenizer=str(tiny_model_dir), batch_size=batch_size, num_train=8, num_val=2
-    )
-    trainer = rollout_trainer(steps, [capture])
-    trainer.fit(module, data)
-    return trainer, capture
+    return fit_rollouts(module, tiny_model_dir, steps, [capture]), capture
 
 
 def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):

@@ -9,7 +9,7 @@ from lit_rl.algorithms import group_normalized_advantages, grpo_loss
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from tests.byo_reward import ContainsTargetCharacter
-from tests.conftest import rollout_trainer
+from tests.conftest import fit_rollouts, rollout_trainer
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
 
@@ -41,10 +41,7 @@ def _module(tiny_model_dir, **kwargs):
 
 
 def _fit(module, tiny_model_dir, steps=1, extra_callbacks=()):
-    data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, num_val=2)
-    trainer = rollout_trainer(steps, extra_callbacks)
-    trainer.fit(module, data)
-    return trainer
+    return fit_rollouts(module, tiny_model_dir, steps, extra_callbacks)
 
 
 def test_rollout_batch_contents(tiny_model_dir):

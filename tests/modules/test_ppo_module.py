@@ -10,13 +10,12 @@ from lightning.pytorch import Callback
 from peft import LoraConfig
 
 from lit_rl.algorithms import gae, kl_penalty, token_level_rewards, whiten
-from lit_rl.data import PromptDataModule
 from lit_rl.experience import GroupNormalized
 from lit_rl.models import VALUE_ADAPTER
 from lit_rl.modules import PPOModule
 from lit_rl.rewards import FunctionReward
 from tests.byo_reward import ContainsTargetCharacter
-from tests.conftest import rollout_trainer
+from tests.conftest import fit_rollouts
 
 LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
 
@@ -49,13 +48,11 @@ def _module(tiny_model_dir, **kwargs):
     return PPOModule(**{**defaults, **kwargs})
 
 
-def _fit(module, tiny_model_dir, steps=1, batch_size=2):
+def _fit(module, tiny_model_dir, steps=1, **data_args):
     capture = Capture()
-    data = PromptDataModule(
-        tokenizer=str(tiny_model_dir), batch_size=batch_size, num_train=16, num_val=2
+    trainer = fit_rollouts(
+        module, tiny_model_dir, steps, [capture], **{"num_train": 16, **data_args}
     )
-    trainer = rollout_trainer(steps, [capture])
-    trainer.fit(module, data)
     return trainer, capture
 
 
@@ -115,9 +112,7 @@ def test_the_critic_learns_a_prompt_dependent_reward(tiny_model_dir, tmp_path):
         ppo_epochs=4,
         num_mini_batches=1,
     )
-    capture = Capture()
-    prompts = PromptDataModule(tokenizer=str(tiny_model_dir), train_data=str(data), batch_size=8)
-    rollout_trainer(4 * 10, [capture]).fit(module, prompts)
+    _, capture = _fit(module, tiny_model_dir, 4 * 10, train_data=str(data), batch_size=8)
     explained = capture.explained
     assert len(explained) == 10 and abs(explained[0]) < 0.05, explained
     assert explained[-1] > 0.5, explained
