@@ -25,8 +25,10 @@ train: $(STAMP)
 	@test -f recipes/$(RECIPE).yaml || { echo "unknown recipe '$(RECIPE)': choose one of: $$(ls recipes | sed 's/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
 	$(VENV)/bin/lit-rl fit --config recipes/$(RECIPE).yaml $(ARGS)
 
+# TRL is a bench-only extra: installed here on first use, never by setup, test or CI.
 bench: $(STAMP)
-	$(PY) benchmarks/step_time.py $(ARGS)
+	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -e ".[bench]"
+	$(PY) benchmarks/bench.py $(ARGS)
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs
