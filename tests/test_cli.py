@@ -227,3 +227,21 @@ def test_ppo_recipe_trains_and_logs_the_documented_metrics(tiny_model_dir, tmp_p
     # The exported policy is the policy adapter merged into the base: no critic inside.
     policy = AutoModelForCausalLM.from_pretrained(checkpoints / "policy")
     assert not any("lora" in name or "value" in name for name, _ in policy.named_parameters())
+
+
+@pytest.mark.parametrize("module", ["GRPOModule", "PPOModule"])
+def test_every_module_argument_has_help_text(module, capsys):
+    # jsonargparse turns the Args: section of the docstrings into --help; an argument whose
+    # help is only "(type: ..., default: ...)" lost its documentation.
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--model.help", f"lit_rl.modules.{module}"])
+    lines = capsys.readouterr().out.splitlines()
+    undocumented = [
+        line.split()[0]
+        for line, following in zip(lines, lines[1:], strict=False)
+        if line.strip().startswith("--model.")
+        and ".help" not in line
+        and len(line.split()) <= 2  # the option and its metavar, no description after them
+        and following.strip().startswith("(type:")
+    ]
+    assert not undocumented, undocumented

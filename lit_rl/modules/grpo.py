@@ -15,7 +15,9 @@ class GRPOModule(PolicyModule):
     Experiences (G completions per prompt, rewards, advantages, reference logprobs) arrive
     ready-made from ``lit_rl.callbacks.RolloutCallback``.
 
-    Args (beyond ``PolicyModule``'s; names as in TRL's GRPOConfig):
+    Arguments beyond ``PolicyModule``'s, named as in TRL's GRPOConfig.
+
+    Args:
         beta: weight of the k3 KL to the reference in the loss; 0 skips the reference.
         epsilon: lower clip range of the ratio (and upper, unless ``epsilon_high``).
         epsilon_high: upper clip range (DAPO's clip-higher); ``None`` = ``epsilon``.

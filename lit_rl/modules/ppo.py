@@ -36,7 +36,9 @@ class PPOModule(PolicyModule):
     off) and the critic (the value adapter on); no second copy of the model. ``value_model``
     names a separate model instead (fully trained, float32 under ``dtype: auto``).
 
-    Args (beyond ``PolicyModule``'s; names as in TRL's PPOConfig and OpenRLHF):
+    Arguments beyond ``PolicyModule``'s, named as in TRL's PPOConfig and OpenRLHF.
+
+    Args:
         epsilon: clip range of the policy ratio (``cliprange``).
         epsilon_high: upper clip range; ``None`` = ``epsilon``.
         cliprange_value: clip range of the value update around the rollout's values.
