@@ -64,7 +64,8 @@ class PolicyModule(LightningModule):
         warmup_steps: linear learning-rate warm-up, in optimizer steps.
         max_grad_norm: gradient clipping by global norm; 0 disables.
         num_mini_batches: optimizer steps per pass over one Experience; its rows are shuffled
-            and cut into this many minibatches (must not exceed the rollouts per step).
+            and cut into this many minibatches (it must divide the rollouts of a step,
+            prompts per batch x num_generations).
         gradient_accumulation_steps: micro-batches per minibatch, to bound memory; the
             accumulated gradient equals the minibatch's (weighted by the loss aggregation).
         logprob_chunk_size: rows of float32 logits materialised at a time.
