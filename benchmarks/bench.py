@@ -131,6 +131,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
         beta=0.04,
         loss_type="grpo",
         learning_rate=1e-5,
+        activation_checkpointing=args.activation_checkpointing,
     )
     data = PromptDataModule(
         tokenizer="embedded", batch_size=1, num_train=64, num_val=0, prompt_suffix=SUFFIX
@@ -266,6 +267,8 @@ def in_subprocess(framework: str, args: argparse.Namespace, **overrides: Any) ->
     command = [sys.executable, __file__, "--worker", framework]
     for key in ("dtype", "num_generations", "max_completion_length", "steps", "warmup"):
         command += [f"--{key.replace('_', '-')}", str(settings[key])]
+    if settings["activation_checkpointing"]:
+        command.append("--activation-checkpointing")
     done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     if done.returncode != 0:
         raise RuntimeError(f"{framework} run failed:\n{done.stderr[-4000:]}")
@@ -296,6 +299,7 @@ def report(args: argparse.Namespace) -> None:
         f"median of {args.steps} steps after {args.warmup} warm-up\n"
     )
     ours = in_subprocess("lit_rl", args)
+    checkpointed = in_subprocess("lit_rl", args, activation_checkpointing=True)
     theirs = None if args.skip_trl else in_subprocess("trl", args)
 
     # What each phase would take at the floor: decoding reads every weight once per token
@@ -336,17 +340,19 @@ def report(args: argparse.Namespace) -> None:
     )
     print("\n| | lit_rl | TRL 1.16 | lit_rl / TRL |")
     print("|---|---|---|---|")
-    if theirs is not None:
-        print(
-            f"| step s | {ours['step']:.2f} | {theirs['step']:.2f} | {ours['step'] / theirs['step']:.2f} |"
-        )
-        print(f"| tokens per step | {ours['tokens']:.0f} | {theirs['tokens']:.0f} | |")
-        print(
-            f"| peak RSS MiB | {ours['peak_rss_mib']:.0f} | {theirs['peak_rss_mib']:.0f} | {ours['peak_rss_mib'] / theirs['peak_rss_mib']:.2f} |"
-        )
-    else:
-        print(f"| step s | {ours['step']:.2f} | skipped | |")
-        print(f"| peak RSS MiB | {ours['peak_rss_mib']:.0f} | skipped | |")
+    rows = [
+        ("step s", "step", ours, ".2f"),
+        ("peak RSS MiB", "peak_rss_mib", ours, ".0f"),
+        ("step s, lit_rl with activation_checkpointing", "step", checkpointed, ".2f"),
+        ("peak RSS MiB, lit_rl with activation_checkpointing", "peak_rss_mib", checkpointed, ".0f"),
+        ("tokens per step", "tokens", ours, ".0f"),
+    ]
+    for label, key, lit_rl, spec in rows:
+        if theirs is None:
+            print(f"| {label} | {lit_rl[key]:{spec}} | skipped | |")
+            continue
+        ratio = "" if key == "tokens" else f"{lit_rl[key] / theirs[key]:.2f}"
+        print(f"| {label} | {lit_rl[key]:{spec}} | {theirs[key]:{spec}} | {ratio} |")
 
     if args.scaling:
         print("\nlit_rl step time (s) by num_generations (T=32) and completion length (G=4):\n")
@@ -375,6 +381,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument(
+        "--activation-checkpointing", action="store_true", help="lit_rl worker only"
+    )
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--worker", choices=["lit_rl", "trl"], help=argparse.SUPPRESS)
     args = parser.parse_args()

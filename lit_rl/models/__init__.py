@@ -1,5 +1,6 @@
 """Model loading (embedded default, local directory, hub id), LoRA, reference, value model."""
 
+from lit_rl.models.checkpointing import arm_checkpointed_layers, enable_activation_checkpointing
 from lit_rl.models.dtype import DType, DTypeChoice, choose_dtype, resolve_dtype
 from lit_rl.models.export import save_policy
 from lit_rl.models.loader import (
@@ -28,8 +29,10 @@ __all__ = [
     "adapter_values",
     "add_value_adapter",
     "apply_lora",
+    "arm_checkpointed_layers",
     "choose_dtype",
     "embedded_model_dir",
+    "enable_activation_checkpointing",
     "frozen_copy",
     "load_model",
     "load_tokenizer",

@@ -23,6 +23,8 @@ from lit_rl.experience import (
 from lit_rl.models import (
     DType,
     apply_lora,
+    arm_checkpointed_layers,
+    enable_activation_checkpointing,
     frozen_copy,
     load_model,
     load_tokenizer,
@@ -68,6 +70,9 @@ class PolicyModule(LightningModule):
             prompts per batch x num_generations).
         gradient_accumulation_steps: micro-batches per minibatch, to bound memory; the
             accumulated gradient equals the minibatch's (weighted by the loss aggregation).
+        activation_checkpointing: recompute each decoder layer's activations in the backward
+            pass instead of storing them: less peak memory for more update time (see
+            docs/benchmarks.md); dropout stays off either way.
         logprob_chunk_size: rows of float32 logits materialised at a time.
     """
 
@@ -87,6 +92,7 @@ class PolicyModule(LightningModule):
         max_grad_norm: float = 1.0,
         num_mini_batches: int = 1,
         gradient_accumulation_steps: int = 1,
+        activation_checkpointing: bool = False,
         logprob_chunk_size: int = 256,
     ) -> None:
         super().__init__()
@@ -126,6 +132,8 @@ class PolicyModule(LightningModule):
         rank_zero_info(f"lit_rl: {weights_dtype.name} weights ({weights_dtype.reason})")
         policy = load_model(model, dtype=weights_dtype.name)
         self.policy: nn.Module = apply_lora(policy, lora) if lora is not None else policy
+        if activation_checkpointing:
+            enable_activation_checkpointing(self.policy)
         self.reference: nn.Module | None = None  # see use_reference()
         self.uses_reference = False
         self.num_generations = num_generations
@@ -162,6 +170,12 @@ class PolicyModule(LightningModule):
         # the same function, or the ratio and the KL measure noise.
         self.policy.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        # Lightning keeps the modes modules were built in (it never calls train() at fit
+        # start), and peft builds LoRA dropout in training mode: set the modes here, once every
+        # module (a PPO critic's adapter included) exists.
+        self.train()
 
     @property
     def needs_old_logprobs(self) -> bool:
@@ -297,6 +311,9 @@ class PolicyModule(LightningModule):
                 f"{len(experience)} rollouts of a step (prompts per batch x num_generations): "
                 "choose a divisor, so every optimizer step sees as many rollouts"
             )
+        if self.hparams.activation_checkpointing:
+            # Every eval() (generation's included) disarms the layers; arm them for the update.
+            arm_checkpointed_layers(self.policy)
         # One unshuffled minibatch is the whole batch; shuffling would only change float order.
         generator = self.shuffle_generator if self.num_mini_batches > 1 else None
         totals: dict[str, float] = defaultdict(float)

@@ -153,3 +153,43 @@ def test_the_dtype_choice_and_its_reason_are_logged(tiny_model_dir, caplog):
     with caplog.at_level("INFO"):
         _module(tiny_model_dir)
     assert "lit_rl: float32 weights (set explicitly)" in caplog.text
+
+
+class GradientsAndLayerCalls(Callback):
+    """The first optimizer step's gradients, and how often decoder layer 0 ran with grad."""
+
+    def __init__(self):
+        self.grads, self.calls, self.dropout_on = None, 0, None
+
+    def setup(self, trainer, pl_module, stage):
+        layer = pl_module.policy.get_base_model().get_decoder().layers[0]
+        # A pre-hook: the recompute stops once it has what backward needs, maybe mid-module.
+        layer.self_attn.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args):
+        self.calls += torch.is_grad_enabled()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if self.grads is None:
+            self.grads = {
+                n: p.grad.clone() for n, p in pl_module.named_parameters() if p.grad is not None
+            }
+            dropouts = [m for m in pl_module.modules() if isinstance(m, torch.nn.Dropout)]
+            self.dropout_on = any(m.training for m in dropouts)
+
+
+def test_activation_checkpointing_recomputes_layers_without_changing_gradients(tiny_model_dir):
+    # lora_dropout 0.5: if checkpointing switched dropout on, the gradients would differ.
+    lora = LoraConfig(**{**LORA, "lora_dropout": 0.5})
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        module = _module(tiny_model_dir, lora=lora, activation_checkpointing=checkpointing)
+        probe = GradientsAndLayerCalls()
+        _fit(module, tiny_model_dir, extra_callbacks=[probe])
+        assert probe.dropout_on is False  # LoRA's dropout modules exist and stay off
+        results.append(probe)
+    plain, checkpointed = results
+    assert plain.calls == 1 and checkpointed.calls == 2  # forward, and its recompute in backward
+    for name, grad in plain.grads.items():
+        torch.testing.assert_close(checkpointed.grads[name], grad, rtol=1e-5, atol=1e-7)
