@@ -43,25 +43,40 @@ def _embedded_gguf() -> Path:
     return gguf
 
 
-def embedded_model_dir() -> Path:
+def embedded_model_dir(dtype: str = "float32") -> Path:
     """The embedded model as a plain HF directory, converted from GGUF on first use.
 
     Loading GGUF de-quantizes to float32 (~10-20 s) and leaves the model flagged as quantized,
     which blocks training and saving; the flag is removed and the result saved once as
-    safetensors, so later loads take a fraction of a second. The directory appears atomically
-    (written under a temporary name, then renamed), so an interrupted conversion leaves nothing.
+    safetensors, so later loads take a fraction of a second. Another ``dtype`` is cast from that
+    exact copy once and cached beside it: loading the float32 file into bf16 maps all of its
+    540 MB first (measured: 1179 MiB peak RSS against 674 MiB after the load). Directories
+    appear atomically (written under a temporary name, then renamed), so an interrupted
+    conversion leaves nothing.
     """
     gguf = _embedded_gguf()
-    target = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
-    if (target / "config.json").is_file():
-        return target
+    exact = cache_dir() / f"{gguf.stem}-{gguf.stat().st_size}"
+    if not (exact / "config.json").is_file():
+        log.info("converting the embedded model %s to %s (once)", gguf.name, exact)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        model.hf_quantizer.remove_quantization_config(model)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _save_atomically(model, tokenizer, exact)
+    if dtype == "float32":
+        return exact
+    cast = exact.with_name(f"{exact.name}-{dtype}")
+    if not (cast / "config.json").is_file():
+        model = AutoModelForCausalLM.from_pretrained(exact, dtype=getattr(torch, dtype))
+        _save_atomically(model, AutoTokenizer.from_pretrained(exact), cast)
+    return cast
+
+
+def _save_atomically(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path
+) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting the embedded model %s to %s (once)", gguf.name, target)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
     try:
@@ -73,17 +88,17 @@ def embedded_model_dir() -> Path:
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return target
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """Map ``"embedded"`` to its cached directory and check that local paths are loadable.
+def resolve_model_path(name_or_path: str, dtype: str = "float32") -> str:
+    """Map ``"embedded"`` to its cached directory (in ``dtype``) and check that local paths
+    are loadable.
 
     Anything that is not an existing path and does not look like one is passed to
     ``from_pretrained`` as a hub id.
     """
     if name_or_path.lower() in EMBEDDED_ALIASES:
-        return str(embedded_model_dir())
+        return str(embedded_model_dir(dtype))
     path = Path(name_or_path).expanduser()
     looks_local = path.exists() or name_or_path.startswith(("/", "./", "../", "~"))
     if not looks_local:
@@ -114,11 +129,12 @@ def load_model(
     ``lit_rl.models.dtype``); callers that train the weights themselves resolve it first
     (``resolve_dtype(dtype, trains_weights=True)``).
     """
-    resolved = resolve_model_path(name_or_path)
+    weights_dtype = resolve_dtype(dtype)
+    resolved = resolve_model_path(name_or_path, weights_dtype.name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             resolved,
-            dtype=resolve_dtype(dtype).torch_dtype,
+            dtype=weights_dtype.torch_dtype,
             attn_implementation=attn_implementation,
         )
     except OSError as err:

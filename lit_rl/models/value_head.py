@@ -34,8 +34,9 @@ class ValueModel(nn.Module):
     def from_pretrained(
         cls, name_or_path: str = "embedded", dtype: DType = "float32"
     ) -> "ValueModel":
+        weights_dtype = resolve_dtype(dtype)
         backbone = AutoModel.from_pretrained(
-            resolve_model_path(name_or_path), dtype=resolve_dtype(dtype).torch_dtype
+            resolve_model_path(name_or_path, weights_dtype.name), dtype=weights_dtype.torch_dtype
         )
         return cls(backbone)
 
