@@ -109,3 +109,27 @@ def fit_rollouts(module, model_dir, steps: int = 1, callbacks: tuple = (), **dat
     trainer = rollout_trainer(steps, callbacks)
     trainer.fit(module, PromptDataModule(**{**settings, **data_args}))
     return trainer
+
+
+TINY_LORA = dict(
+    r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"]
+)
+
+
+def tiny_module_args(model_dir, **overrides) -> dict:
+    """Arguments of a GRPO or PPO module on the tiny model: LoRA, float32 (hand-checked numbers
+    must not depend on the CPU's bf16 units), 4 generations, a learning rate that moves it."""
+    from peft import LoraConfig
+
+    from tests.byo_reward import ContainsTargetCharacter
+
+    args = dict(
+        reward=ContainsTargetCharacter(field="answer"),
+        model=str(model_dir),
+        dtype="float32",
+        lora=LoraConfig(**TINY_LORA),
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-2,
+    )
+    return {**args, **overrides}

@@ -6,16 +6,12 @@ import copy
 import pytest
 import torch
 from lightning.pytorch import Callback
-from peft import LoraConfig
 
 from lit_rl.algorithms import grpo_loss, process_supervised_advantages
 from lit_rl.experience import GAE, ProcessSupervised
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
-from tests.byo_reward import ContainsTargetCharacter
-from tests.conftest import fit_rollouts
-
-LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
+from tests.conftest import fit_rollouts, tiny_module_args
 
 
 class ChunkParity:
@@ -57,16 +53,7 @@ class Capture(Callback):
 
 
 def _module(tiny_model_dir, **kwargs):
-    defaults = dict(
-        reward=ContainsTargetCharacter(field="answer"),
-        model=str(tiny_model_dir),
-        dtype="float32",
-        lora=LoraConfig(**LORA),
-        num_generations=4,
-        max_completion_length=10,
-        learning_rate=1e-2,
-    )
-    return GRPOModule(**{**defaults, **kwargs})
+    return GRPOModule(**tiny_module_args(tiny_model_dir, **{"max_completion_length": 10, **kwargs}))
 
 
 def _fit(module, tiny_model_dir, steps=1):
@@ -108,16 +95,8 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
 
 
 def _ppo(tiny_model_dir, **kwargs):
-    return PPOModule(
-        reward=ContainsTargetCharacter(field="answer"),
-        model=str(tiny_model_dir),
-        dtype="float32",
-        lora=LoraConfig(**LORA),
-        num_generations=4,
-        max_completion_length=10,
-        ppo_epochs=1,
-        **kwargs,
-    )
+    settings = {"max_completion_length": 10, "learning_rate": 1e-5, "ppo_epochs": 1, **kwargs}
+    return PPOModule(**tiny_module_args(tiny_model_dir, **settings))
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "dapo", "dr_grpo", "ppo"])

@@ -8,10 +8,7 @@ from peft import LoraConfig
 from lit_rl.algorithms import group_normalized_advantages, grpo_loss
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
-from tests.byo_reward import ContainsTargetCharacter
-from tests.conftest import fit_rollouts, rollout_trainer
-
-LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
+from tests.conftest import TINY_LORA, fit_rollouts, rollout_trainer, tiny_module_args
 
 
 class Capture(Callback):
@@ -28,16 +25,7 @@ class Capture(Callback):
 
 
 def _module(tiny_model_dir, **kwargs):
-    defaults = dict(
-        reward=ContainsTargetCharacter(field="answer"),
-        model=str(tiny_model_dir),
-        dtype="float32",  # hand-checked numbers must not depend on the CPU's bf16 units
-        lora=LoraConfig(**LORA),
-        num_generations=4,
-        max_completion_length=8,
-        learning_rate=1e-2,
-    )
-    return GRPOModule(**{**defaults, **kwargs})
+    return GRPOModule(**tiny_module_args(tiny_model_dir, **kwargs))
 
 
 def _fit(module, tiny_model_dir, steps=1, extra_callbacks=()):
@@ -180,7 +168,7 @@ class GradientsAndLayerCalls(Callback):
 
 def test_activation_checkpointing_recomputes_layers_without_changing_gradients(tiny_model_dir):
     # lora_dropout 0.5: if checkpointing switched dropout on, the gradients would differ.
-    lora = LoraConfig(**{**LORA, "lora_dropout": 0.5})
+    lora = LoraConfig(**{**TINY_LORA, "lora_dropout": 0.5})
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)

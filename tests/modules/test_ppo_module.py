@@ -7,17 +7,13 @@ import json
 import pytest
 import torch
 from lightning.pytorch import Callback
-from peft import LoraConfig
 
 from lit_rl.algorithms import gae, kl_penalty, token_level_rewards, whiten
 from lit_rl.experience import GroupNormalized
 from lit_rl.models import VALUE_ADAPTER
 from lit_rl.modules import PPOModule
 from lit_rl.rewards import FunctionReward
-from tests.byo_reward import ContainsTargetCharacter
-from tests.conftest import fit_rollouts
-
-LORA = dict(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "up_proj"])
+from tests.conftest import fit_rollouts, tiny_module_args
 
 
 class Capture(Callback):
@@ -34,18 +30,9 @@ class Capture(Callback):
 
 
 def _module(tiny_model_dir, **kwargs):
-    defaults = dict(
-        reward=ContainsTargetCharacter(field="answer"),
-        model=str(tiny_model_dir),
-        dtype="float32",
-        lora=LoraConfig(**LORA),
-        num_generations=4,
-        max_completion_length=8,
-        learning_rate=1e-2,
-        ppo_epochs=2,
-        num_mini_batches=2,
+    return PPOModule(
+        **tiny_module_args(tiny_model_dir, **{"ppo_epochs": 2, "num_mini_batches": 2, **kwargs})
     )
-    return PPOModule(**{**defaults, **kwargs})
 
 
 def _fit(module, tiny_model_dir, steps=1, **data_args):
