@@ -7,6 +7,7 @@ from lit_rl.algorithms import (
     gae,
     group_normalized_advantages,
     process_supervised_advantages,
+    token_level_rewards,
     whiten,
 )
 
@@ -153,3 +154,26 @@ def test_whiten_hand_values():
     )
     with pytest.raises(ValueError, match="at least 2"):
         whiten(x, torch.tensor([True, False, False, False]))
+
+
+def test_gae_on_ppo_rewards_matches_a_naive_loop_per_completion():
+    # PPO's per-token rewards: -kl_coef * KL on every token, the score on the last real token;
+    # right-padded rows of different lengths. The naive loop walks each completion backwards.
+    g = torch.Generator().manual_seed(3)
+    lengths, t, gamma, lam, kl_coef = [5, 2, 1, 4], 5, 1.0, 0.95, 0.1
+    mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    scores = torch.tensor([1.0, 0.0, -1.0, 0.5], **F64)
+    kl = torch.randn(4, t, generator=g, **F64)
+    values = torch.randn(4, t, generator=g, **F64)
+    rewards = token_level_rewards(scores, mask, kl, kl_coef)
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    for i, length in enumerate(lengths):
+        running, next_value = 0.0, 0.0
+        for k in reversed(range(length)):
+            reward = -kl_coef * kl[i, k].item() + (scores[i].item() if k == length - 1 else 0.0)
+            delta = reward + gamma * next_value - values[i, k].item()
+            running = delta + gamma * lam * running
+            next_value = values[i, k].item()
+            assert adv[i, k].item() == pytest.approx(running, abs=1e-12)
+            assert ret[i, k].item() == pytest.approx(running + values[i, k].item(), abs=1e-12)
+        assert (adv[i, length:] == 0).all()
