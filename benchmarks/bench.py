@@ -33,6 +33,8 @@ import torch
 from lit_rl.models.dtype import FAST_BF16_CPU_FLAGS, cpu_flags, resolve_dtype
 
 SUFFIX = " Give the final answer as 'Answer: <number>'."
+# Settings both frameworks take under the same names, so their workloads cannot drift apart.
+SHARED = dict(temperature=1.0, beta=0.04, loss_type="grpo", learning_rate=1e-5)
 LORA = dict(
     r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
 )
@@ -127,10 +129,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
         lora=LoraConfig(**LORA),
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
-        temperature=1.0,
-        beta=0.04,
-        loss_type="grpo",
-        learning_rate=1e-5,
+        **SHARED,
         activation_checkpointing=args.activation_checkpointing,
     )
     data = PromptDataModule(
@@ -226,10 +225,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         per_device_train_batch_size=args.num_generations,
         num_generations=args.num_generations,
         max_completion_length=args.max_completion_length,
-        temperature=1.0,
-        beta=0.04,
-        loss_type="grpo",
-        learning_rate=1e-5,
+        **SHARED,
         max_steps=args.warmup + args.steps,
         logging_steps=1,
         save_strategy="no",
