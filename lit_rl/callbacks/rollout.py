@@ -14,7 +14,7 @@ from lit_rl.experience import (
     ExperienceSpec,
     make_experience,
 )
-from lit_rl.rollout import HFGenerateEngine, RolloutEngine
+from lit_rl.rollout import PackedEngine, RolloutEngine
 
 
 class RolloutCallback(Callback):
@@ -27,12 +27,13 @@ class RolloutCallback(Callback):
     callback runs right before the step, with the current weights, and sees the module.
 
     Args:
-        engine: how completions are sampled; ``HFGenerateEngine`` (transformers ``generate``)
-            by default, a vLLM engine on GPUs.
+        engine: how completions are sampled: ``PackedEngine`` by default (a lean decoder
+            for Llama-family models, transformers ``generate`` for others), or any
+            ``lit_rl.rollout.RolloutEngine`` by ``class_path``.
     """
 
     def __init__(self, engine: RolloutEngine | None = None) -> None:
-        self.engine = engine or HFGenerateEngine()
+        self.engine = engine or PackedEngine()
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -115,6 +116,11 @@ def rollout_metrics(
     if experience.kl is not None:
         metrics["rollout/kl"] = (experience.kl * mask).sum(dim=1).mean()
         metrics["rollout/kl_coef"] = torch.tensor(spec.kl_coef)
+    if experience.sampler_logprobs is not None and experience.old_logprobs is not None:
+        # The engine's logprobs against the trainer's, under the same weights: numerical
+        # noise (bf16) only; a drift means the engine samples another policy.
+        gap = (experience.sampler_logprobs - experience.old_logprobs).abs()
+        metrics["rollout/sampler_logprob_diff"] = masked_mean(gap, mask)
     if experience.values is not None:
         metrics["rollout/values"] = masked_mean(experience.values, mask)
     return {name: value.float() for name, value in metrics.items()}

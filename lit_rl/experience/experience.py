@@ -24,6 +24,7 @@ class Experience:
     advantages: torch.Tensor  # [N, T] 0 on padding
     returns: torch.Tensor | None = None  # [N, T] value targets (estimators with a critic)
     old_logprobs: torch.Tensor | None = None  # [N, T] pi_old; None = the update is on-policy
+    sampler_logprobs: torch.Tensor | None = None  # [N, T] the engine's, when it reports them
     ref_logprobs: torch.Tensor | None = None  # [N, T] pi_ref; None without a reference
     values: torch.Tensor | None = None  # [N, T] V(s_t) before token t, at rollout time
     kl: torch.Tensor | None = None  # [N, T] KL(pi_old || pi_ref) per token, when in the reward

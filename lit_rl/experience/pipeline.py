@@ -31,7 +31,7 @@ def make_experience(
 
     # 1. Generate G completions per prompt (prompt-major rows).
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-    completion_ids = engine.generate(
+    generation = engine.generate(
         module.policy,
         prompt_ids,
         prompt_mask,
@@ -40,6 +40,7 @@ def make_experience(
         spec.pad_token_id,
         list(spec.eos_token_ids),
     )
+    completion_ids = generation.completion_ids
     completion_mask, completions = module.decode_completions(completion_ids)
     seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
 
@@ -103,6 +104,7 @@ def make_experience(
         advantages=advantages,
         returns=returns,
         old_logprobs=scores.old_logprobs,
+        sampler_logprobs=generation.logprobs,
         ref_logprobs=scores.ref_logprobs,
         values=scores.values,
         kl=kl,

@@ -1,0 +1,246 @@
+"""A lean decoder for sampling from Llama-family models (Llama, SmolLM2, Qwen2).
+
+Why it exists: decoding a few sequences is one small matrix product per weight per token, so
+the time goes to everything around the products (see docs/benchmarks.md): transformers'
+``generate`` spends about as long in Python, cache growth, masks and peft's per-layer dispatch
+as in the products themselves. Here one token step is one pass over packed weights (q, k, v
+fused into one product), a KV cache allocated once, and the LoRA
+adapters applied unmerged in float32 exactly as peft does, so the sampled distribution is the
+policy's (merging a small delta into bf16 weights would round most of it away).
+
+The decoder reads the policy's weights when it is built and holds no state between
+generations; ``PackedEngine`` builds one per generation, so it always samples from the
+current weights.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
+from torch import nn
+from transformers import PreTrainedModel
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why ``PackedDecoder`` cannot run ``model`` exactly, or ``None`` when it can."""
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = getattr(causal_lm, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {model_type!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    if config.hidden_act != "silu":
+        return f"hidden_act {config.hidden_act!r} is not 'silu'"
+    if getattr(config, "use_sliding_window", False):
+        return "sliding-window attention"
+    rope_type = getattr(causal_lm.model.rotary_emb, "rope_type", "default")
+    if rope_type.startswith(("dynamic", "longrope")):
+        return f"rope_type {rope_type!r} changes with the sequence length"
+    for name, module in causal_lm.named_modules():
+        if not isinstance(module, LoraLayer) or module.disable_adapters or module.merged:
+            continue
+        for adapter in module.active_adapters:
+            if adapter in getattr(module, "lora_variant", {}):
+                return f"{name} uses a LoRA variant (DoRA, ...) for adapter {adapter!r}"
+            if adapter in module.lora_B and module.lora_B[adapter].bias is not None:
+                return f"{name} has a LoRA bias for adapter {adapter!r}"
+    return None
+
+
+@dataclass
+class PackedLinear:
+    """Several linear layers of one input fused along their outputs, with their LoRA
+    adapters (if any) kept apart: ``y = x W^T + b + (x A) B`` where A stacks every adapter's
+    down-projection (transposed) and B is block-diagonal with each adapter's scaling folded
+    in. The adapters' factors are stored transposed and contiguous: the tiny products then
+    take a plain ``mm``, half the time of ``F.linear`` at these sizes."""
+
+    weight: torch.Tensor  # [out, in], the model's dtype
+    bias: torch.Tensor | None  # [out]
+    lora_a: torch.Tensor | None  # [in, R], the adapters' dtype (float32)
+    lora_b: torch.Tensor | None  # [R, out]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
+        y = F.linear(x, self.weight, self.bias)
+        if self.lora_a is None:
+            return y
+        # As peft: the adapter's path in its own dtype, added, then back to the base dtype.
+        flat = x.reshape(-1, x.shape[-1]).to(self.lora_a.dtype)
+        delta = torch.mm(torch.mm(flat, self.lora_a), self.lora_b)
+        return (y + delta.view(*y.shape[:-1], -1)).to(y.dtype)
+
+
+def _base_and_adapters(
+    module: nn.Module,
+) -> tuple[nn.Linear, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The plain linear layer under ``module`` and its active adapters' (A, scaling x B)."""
+    if not isinstance(module, LoraLayer):
+        return module, []
+    base = module.get_base_layer()
+    if module.disable_adapters or module.merged:  # merged: the base weight already has them
+        return base, []
+    adapters = [
+        (module.lora_A[a].weight, module.lora_B[a].weight * module.scaling[a])
+        for a in module.active_adapters
+        if a in module.lora_A
+    ]
+    return base, adapters
+
+
+def pack_linears(modules: list[nn.Module]) -> PackedLinear:
+    """Fuse ``modules`` (plain or peft LoRA linears reading the same input) into one."""
+    parts = [_base_and_adapters(m) for m in modules]
+    bases = [base for base, _ in parts]
+    weight = bases[0].weight if len(bases) == 1 else torch.cat([b.weight for b in bases])
+    biases = [b.bias for b in bases]
+    bias = None
+    if any(b is not None for b in biases):
+        bias = torch.cat(
+            [
+                b if b is not None else base.weight.new_zeros(base.out_features)
+                for b, base in zip(biases, bases, strict=True)
+            ]
+        )
+    adapters = [(i, a, b) for i, (_, pairs) in enumerate(parts) for a, b in pairs]
+    if not adapters:
+        return PackedLinear(weight.detach(), None if bias is None else bias.detach(), None, None)
+    outs = [base.out_features for base in bases]
+    offsets = [sum(outs[:i]) for i in range(len(outs))]
+    rank = sum(a.shape[0] for _, a, _ in adapters)
+    lora_a = torch.cat([a for _, a, _ in adapters]).detach().t().contiguous()
+    lora_b = lora_a.new_zeros(rank, sum(outs))
+    row = 0
+    for i, a, b in adapters:
+        lora_b[row : row + a.shape[0], offsets[i] : offsets[i] + outs[i]] = b.detach().t()
+        row += a.shape[0]
+    return PackedLinear(weight.detach(), None if bias is None else bias.detach(), lora_a, lora_b)
+
+
+@dataclass
+class PackedLayer:
+    input_norm: torch.Tensor  # [D]
+    qkv: PackedLinear
+    o: PackedLinear
+    post_norm: torch.Tensor  # [D]
+    gate: PackedLinear
+    up: PackedLinear
+    down: PackedLinear
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm: normalised in float32, scaled in the model's dtype."""
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
+    return weight * normed.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class KVCache:
+    """Keys and values of every layer for ``length`` positions, allocated once."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        rows: int,
+        kv_heads: int,
+        length: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        shape = (num_layers, rows, kv_heads, length, head_dim)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
+
+
+class PackedDecoder:
+    """The policy's decoder as packed tensors: ``forward`` runs ``L`` new positions of ``N``
+    rows against a ``KVCache`` and returns the last position's logits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"PackedDecoder cannot run this model: {reason}")
+        causal_lm: PreTrainedModel = (
+            model.get_base_model() if isinstance(model, PeftModel) else model
+        )
+        config = causal_lm.config
+        decoder = causal_lm.model
+        self.num_heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        self.rotary = decoder.rotary_emb
+        self.embed = decoder.embed_tokens.weight.detach()
+        self.dtype, self.device = self.embed.dtype, self.embed.device
+        self.final_norm = decoder.norm.weight.detach()
+        self.lm_head = pack_linears([causal_lm.lm_head])
+        self.layers = [
+            PackedLayer(
+                input_norm=layer.input_layernorm.weight.detach(),
+                qkv=pack_linears(
+                    [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+                ),
+                o=pack_linears([layer.self_attn.o_proj]),
+                post_norm=layer.post_attention_layernorm.weight.detach(),
+                gate=pack_linears([layer.mlp.gate_proj]),
+                up=pack_linears([layer.mlp.up_proj]),
+                down=pack_linears([layer.mlp.down_proj]),
+            )
+            for layer in decoder.layers
+        ]
+
+    def new_cache(self, rows: int, length: int) -> KVCache:
+        return KVCache(
+            len(self.layers), rows, self.kv_heads, length, self.head_dim, self.dtype, self.device
+        )
+
+    def rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [length, d]
+        """cos and sin of every position below ``length``, as the model's own rotary module
+        computes them (so every RoPE scaling it knows is honoured)."""
+        positions = torch.arange(length, device=self.device)[None]
+        probe = torch.empty(0, dtype=self.dtype, device=self.device)
+        cos, sin = self.rotary(probe, positions)
+        return cos[0], sin[0]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [N, L] new tokens
+        cos: torch.Tensor,  # [N, L, d] at the new tokens' positions
+        sin: torch.Tensor,  # [N, L, d]
+        cache: KVCache,
+        start: int,  # cache slots [start, start + L) receive the new keys and values
+        attention_mask: torch.Tensor,  # [N, 1, L, start + L] bool, True = may attend
+    ) -> torch.Tensor:  # [N, V] logits of the last new position, the model's dtype
+        rows, length = input_ids.shape
+        end = start + length
+        q_size, kv_size = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
+        cos, sin = cos[:, None], sin[:, None]
+        h = F.embedding(input_ids, self.embed)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(rms_norm(h, layer.input_norm, self.eps)).split(
+                [q_size, kv_size, kv_size], dim=-1
+            )
+            q = q.view(rows, length, self.num_heads, self.head_dim).transpose(1, 2)
+            k = k.view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
+            cache.keys[i, :, :, start:end] = k * cos + rotate_half(k) * sin
+            cache.values[i, :, :, start:end] = v.view(
+                rows, length, self.kv_heads, self.head_dim
+            ).transpose(1, 2)
+            attention = F.scaled_dot_product_attention(
+                q * cos + rotate_half(q) * sin,
+                cache.keys[i, :, :, :end],
+                cache.values[i, :, :, :end],
+                attn_mask=attention_mask,
+                enable_gqa=self.kv_heads != self.num_heads,
+            )
+            h = h + layer.o(attention.transpose(1, 2).reshape(rows, length, q_size))
+            x = rms_norm(h, layer.post_norm, self.eps)
+            h = h + layer.down(F.silu(layer.gate(x)) * layer.up(x))
+        return self.lm_head(rms_norm(h[:, -1], self.final_norm, self.eps))
