@@ -44,6 +44,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_gpu_mib() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def synchronized_clock() -> float:
+    """``perf_counter`` after the GPU's queued work is done (CUDA runs asynchronously)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -100,13 +111,13 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
             self.steps: list[dict[str, float]] = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
-            self.start = time.perf_counter()
+            self.start = synchronized_clock()
 
         def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
-            self.before_optimizer = time.perf_counter()
+            self.before_optimizer = synchronized_clock()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-            end = time.perf_counter()
+            end = synchronized_clock()
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             rollout_end = self.start + metrics["rollout/total_time"]
             self.steps.append(
@@ -124,7 +135,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     module = GRPOModule(
         reward=MathCorrectness(),
-        model="embedded",
+        model=args.model,
         dtype=args.dtype,
         lora=LoraConfig(**LORA),
         num_generations=args.num_generations,
@@ -133,7 +144,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
         activation_checkpointing=args.activation_checkpointing,
     )
     data = PromptDataModule(
-        tokenizer="embedded", batch_size=1, num_train=64, num_val=0, prompt_suffix=SUFFIX
+        tokenizer=args.model, batch_size=1, num_train=64, num_val=0, prompt_suffix=SUFFIX
     )
     timer = PhaseTimer()
     trainer = Trainer(
@@ -153,6 +164,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
     batch = next(iter(data.train_dataloader()))
     result["bare_generate_tokens_per_s"] = bare_generate(module, batch, args)
     result["peak_rss_mib"] = peak_rss_mib()
+    result["peak_gpu_mib"] = peak_gpu_mib()
     result["prompt_tokens"] = batch["input_ids"].shape[1]
     result["params"] = sum(p.numel() for p in module.policy.parameters())
     result["dtype"] = str(next(module.policy.parameters()).dtype).removeprefix("torch.")
@@ -216,8 +228,8 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         for row in generate_problems(64, seed=0)
     ]
     dtype = resolve_dtype(args.dtype).name
-    model = load_model("embedded", dtype=dtype)
-    tokenizer = load_tokenizer("embedded")
+    model = load_model(args.model, dtype=dtype)
+    tokenizer = load_tokenizer(args.model)
     tokenizer.padding_side = "left"
     timer = StepTimer()
     config = GRPOConfig(
@@ -230,7 +242,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
         bf16=False,  # the weights are already in the chosen dtype, as lit_rl's
         seed=0,
         dataloader_num_workers=0,
@@ -254,6 +266,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         "step": statistics.median(timer.seconds[args.warmup :]),
         "tokens": statistics.median(lengths[args.warmup :]) * args.num_generations,
         "peak_rss_mib": peak_rss_mib(),
+        "peak_gpu_mib": peak_gpu_mib(),
         "dtype": dtype,
     }
 
@@ -261,7 +274,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 def in_subprocess(framework: str, args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:  # noqa: ANN401
     settings = {**vars(args), **overrides}
     command = [sys.executable, __file__, "--worker", framework]
-    for key in ("dtype", "num_generations", "max_completion_length", "steps", "warmup"):
+    for key in ("model", "dtype", "num_generations", "max_completion_length", "steps", "warmup"):
         command += [f"--{key.replace('_', '-')}", str(settings[key])]
     if settings["activation_checkpointing"]:
         command.append("--activation-checkpointing")
@@ -279,18 +292,22 @@ def report(args: argparse.Namespace) -> None:
     flags = cpu_flags()
     fast = [f for f in FAST_BF16_CPU_FLAGS if f in flags] or ["none"]
     simd = [f for f in ("avx2", "avx512f") if f in flags]
+    on_gpu = torch.cuda.is_available()  # both frameworks then train there
     flops = matmul_flops(dtype.torch_dtype)
     bandwidth = copy_bandwidth()
     print(f"## make bench, {time.strftime('%Y-%m-%d')}\n")
+    if on_gpu:
+        print(f"- GPU: {torch.cuda.get_device_name()} (both frameworks train on it; no floors)")
     print(
         f"- CPU: {cpu_name()}, {torch.get_num_threads()} torch threads; SIMD: {' '.join(simd)}; bf16 units: {' '.join(fast)}"
     )
     print(f"- torch {torch.__version__}; dtype: {dtype.name} ({dtype.reason})")
+    if not on_gpu:
+        print(
+            f"- floor: {flops / 1e9:.0f} GFLOP/s {dtype.name} matmul (512x576x1536), {bandwidth / 1e9:.1f} GB/s memory copy"
+        )
     print(
-        f"- floor: {flops / 1e9:.0f} GFLOP/s {dtype.name} matmul (512x576x1536), {bandwidth / 1e9:.1f} GB/s memory copy"
-    )
-    print(
-        f"- workload: embedded SmolLM2-135M-Instruct, LoRA r16 q,k,v,o, 1 prompt x {args.num_generations} "
+        f"- workload: {args.model} model, LoRA r16 q,k,v,o, 1 prompt x {args.num_generations} "
         f"generations x <= {args.max_completion_length} tokens, T=1.0, beta 0.04, loss grpo; "
         f"median of {args.steps} steps after {args.warmup} warm-up\n"
     )
@@ -315,6 +332,8 @@ def report(args: argparse.Namespace) -> None:
         "reference/old logprobs": logprob_floor,
         "forward+backward": update_floor,
     }
+    if on_gpu:  # the floors above are this CPU's
+        floors = {}
 
     print("| phase | lit_rl s | floor s | lit_rl / floor |")
     print("|---|---|---|---|")
@@ -343,6 +362,8 @@ def report(args: argparse.Namespace) -> None:
         ("peak RSS MiB, lit_rl with activation_checkpointing", "peak_rss_mib", checkpointed, ".0f"),
         ("tokens per step", "tokens", ours, ".0f"),
     ]
+    if on_gpu:
+        rows.insert(2, ("peak GPU memory MiB", "peak_gpu_mib", ours, ".0f"))
     for label, key, lit_rl, spec in rows:
         if theirs is None:
             print(f"| {label} | {lit_rl[key]:{spec}} | skipped | |")
@@ -370,6 +391,9 @@ def report(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="embedded", help="for both frameworks: embedded, a directory, a hub id"
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--num-generations", type=int, default=4)
