@@ -13,6 +13,7 @@ from lit_rl.experience import (
     ExperienceModule,
     ExperienceSpec,
     make_experience,
+    missing_experience_members,
 )
 from lit_rl.rollout import PackedEngine, RolloutEngine
 
@@ -37,11 +38,12 @@ class RolloutCallback(Callback):
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, ExperienceModule):
+        missing = missing_experience_members(pl_module)
+        if missing:
             raise TypeError(
                 f"RolloutCallback drives modules that implement "
                 f"lit_rl.experience.ExperienceModule (e.g. lit_rl.modules.GRPOModule); "
-                f"{type(pl_module).__name__} does not"
+                f"{type(pl_module).__name__} lacks {', '.join(missing)}"
             )
         self._check_context(trainer, pl_module)
 

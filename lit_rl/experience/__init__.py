@@ -9,6 +9,7 @@ from lit_rl.experience.contract import (
     ExperienceModule,
     ExperienceSpec,
     TokenScores,
+    missing_experience_members,
 )
 from lit_rl.experience.estimators import (
     GAE,
@@ -34,5 +35,6 @@ __all__ = [
     "PromptBatch",
     "TokenScores",
     "make_experience",
+    "missing_experience_members",
     "token_step_ends",
 ]

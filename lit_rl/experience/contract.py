@@ -1,7 +1,7 @@
 """The typed contract between the experience pipeline and the LightningModule it serves."""
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -43,7 +43,6 @@ class TokenScores:
     values: torch.Tensor | None  # V(s_t), when there is a critic
 
 
-@runtime_checkable
 class ExperienceModule(Protocol):
     """What the pipeline needs from a LightningModule (``lit_rl.modules.PolicyModule``)."""
 
@@ -63,3 +62,19 @@ class ExperienceModule(Protocol):
     def score_tokens(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int
     ) -> TokenScores: ...
+
+
+def missing_experience_members(module: object) -> list[str]:
+    """The ``ExperienceModule`` members ``module`` lacks (empty when it implements it).
+
+    Not ``isinstance`` on a runtime-checkable protocol: from Python 3.12 that looks members up
+    statically, and an ``nn.Module`` keeps its submodules (``policy``) where a static lookup
+    cannot see them, so a correct module would be refused.
+    """
+    members = [*ExperienceModule.__annotations__]
+    members += [
+        name
+        for name, value in vars(ExperienceModule).items()
+        if callable(value) and not name.startswith("_")
+    ]
+    return [name for name in members if not hasattr(module, name)]

@@ -60,5 +60,18 @@ def test_rollout_state_round_trips_counter_and_rng(tiny_model_dir):
 
 
 def test_callback_refuses_a_module_without_the_rollout_protocol():
-    with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule"):
+    with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule") as err:
         RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")
+    assert "lacks policy, tokenizer, experience_spec, decode_completions, score" in str(err.value)
+
+
+def test_policy_modules_have_every_protocol_member(tiny_model_dir):
+    # The policy lives in nn.Module's _modules, where Python 3.12's static protocol lookup
+    # (isinstance on a runtime_checkable Protocol) cannot see it: a GPU machine with 3.12
+    # refused GRPOModule that way. The check must find every member.
+    from lit_rl.experience import missing_experience_members
+    from lit_rl.modules import GRPOModule, PPOModule
+    from tests.conftest import tiny_module_args
+
+    for module_class in (GRPOModule, PPOModule):
+        assert missing_experience_members(module_class(**tiny_module_args(tiny_model_dir))) == []
