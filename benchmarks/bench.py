@@ -105,6 +105,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
     from lit_rl.data import PromptDataModule
     from lit_rl.modules import GRPOModule
     from lit_rl.rewards import MathCorrectness
+    from lit_rl.rollout import PackedEngine
 
     class PhaseTimer(Callback):
         def __init__(self) -> None:
@@ -149,7 +150,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
     timer = PhaseTimer()
     trainer = Trainer(
         max_steps=args.warmup + args.steps,
-        callbacks=[timer, RolloutCallback()],
+        callbacks=[timer, RolloutCallback(PackedEngine() if args.engine == "packed" else None)],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -274,7 +275,16 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 def in_subprocess(framework: str, args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:  # noqa: ANN401
     settings = {**vars(args), **overrides}
     command = [sys.executable, __file__, "--worker", framework]
-    for key in ("model", "dtype", "num_generations", "max_completion_length", "steps", "warmup"):
+    keys = (
+        "model",
+        "dtype",
+        "engine",
+        "num_generations",
+        "max_completion_length",
+        "steps",
+        "warmup",
+    )
+    for key in keys:
         command += [f"--{key.replace('_', '-')}", str(settings[key])]
     if settings["activation_checkpointing"]:
         command.append("--activation-checkpointing")
@@ -313,6 +323,7 @@ def report(args: argparse.Namespace) -> None:
     )
     ours = in_subprocess("lit_rl", args)
     checkpointed = in_subprocess("lit_rl", args, activation_checkpointing=True)
+    packed = in_subprocess("lit_rl", args, engine="packed")
     theirs = None if args.skip_trl else in_subprocess("trl", args)
 
     # What each phase would take at the floor: decoding reads every weight once per token
@@ -351,13 +362,17 @@ def report(args: argparse.Namespace) -> None:
     in_loop = ours["tokens"] / ours["generation"]
     print(
         f"\ngenerated tokens/s: in the loop {in_loop:.0f}, bare `generate` on the same batch "
-        f"{ours['bare_generate_tokens_per_s']:.0f} ({in_loop / ours['bare_generate_tokens_per_s']:.2f}x)"
+        f"{ours['bare_generate_tokens_per_s']:.0f} ({in_loop / ours['bare_generate_tokens_per_s']:.2f}x); "
+        f"with PackedEngine {packed['tokens'] / packed['generation']:.0f} "
+        f"(generation {packed['generation']:.2f} s of its {packed['step']:.2f} s step)"
     )
     print("\n| | lit_rl | TRL 1.16 | lit_rl / TRL |")
     print("|---|---|---|---|")
     rows = [
         ("step s", "step", ours, ".2f"),
         ("peak RSS MiB", "peak_rss_mib", ours, ".0f"),
+        ("step s, lit_rl with PackedEngine", "step", packed, ".2f"),
+        ("peak RSS MiB, lit_rl with PackedEngine", "peak_rss_mib", packed, ".0f"),
         ("step s, lit_rl with activation_checkpointing", "step", checkpointed, ".2f"),
         ("peak RSS MiB, lit_rl with activation_checkpointing", "peak_rss_mib", checkpointed, ".0f"),
         ("tokens per step", "tokens", ours, ".0f"),
@@ -400,6 +415,9 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--engine", default="default", choices=["default", "packed"], help="lit_rl worker only"
+    )
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument(
         "--activation-checkpointing", action="store_true", help="lit_rl worker only"

@@ -82,15 +82,16 @@ def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed
     )
 
 
-def rollout_trainer(max_steps: int = 1, callbacks: tuple = ()):
-    """A quiet Trainer with a RolloutCallback (plus ``callbacks``) and no validation."""
+def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), engine=None):
+    """A quiet Trainer with a RolloutCallback (``engine``, the default one when ``None``),
+    plus ``callbacks``, and no validation."""
     from lightning.pytorch import Trainer
 
     from lit_rl.callbacks import RolloutCallback
 
     return Trainer(
         max_steps=max_steps,
-        callbacks=[RolloutCallback(), *callbacks],
+        callbacks=[RolloutCallback(engine), *callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -100,13 +101,15 @@ def rollout_trainer(max_steps: int = 1, callbacks: tuple = ()):
     )
 
 
-def fit_rollouts(module, model_dir, steps: int = 1, callbacks: tuple = (), **data_args):
+def fit_rollouts(
+    module, model_dir, steps: int = 1, callbacks: tuple = (), engine=None, **data_args
+):
     """Train ``module`` for ``steps`` optimizer steps on the embedded math prompts, tokenized for
     the model in ``model_dir``; ``data_args`` override PromptDataModule's test defaults."""
     from lit_rl.data import PromptDataModule
 
     settings = dict(tokenizer=str(model_dir), batch_size=2, num_train=8, num_val=2)
-    trainer = rollout_trainer(steps, callbacks)
+    trainer = rollout_trainer(steps, callbacks, engine)
     trainer.fit(module, PromptDataModule(**{**settings, **data_args}))
     return trainer
 

@@ -33,7 +33,7 @@ from lit_rl.models import (
     resolve_dtype,
 )
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
-from lit_rl.rollout import PackedEngine, SamplingParams, completion_mask_from_eos
+from lit_rl.rollout import HFGenerateEngine, SamplingParams, completion_mask_from_eos
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # [N, L]
@@ -143,7 +143,7 @@ class PolicyModule(LightningModule):
         self.eos_token_ids = self._eos_token_ids()
         # Minibatch shuffling has its own RNG (in checkpoints), so it never shifts sampling.
         self.shuffle_generator = torch.Generator().manual_seed(0)
-        self.evaluation_engine = PackedEngine()  # greedy completions in validation
+        self.evaluation_engine = HFGenerateEngine()  # greedy completions in validation
 
     def use_reference(self) -> None:
         """Give the algorithm a reference policy pi_ref. With LoRA it is the policy with its

@@ -16,12 +16,18 @@ def test_token_logprobs_hand_values():
 
 def test_token_logprobs_matches_full_log_softmax_across_chunks():
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64)
+    logits = torch.randn(3, 5, 11, generator=g, dtype=torch.float64, requires_grad=True)
     labels = torch.randint(0, 11, (3, 5), generator=g)
+    weights = torch.randn(3, 5, generator=g, dtype=torch.float64)
     expected = torch.log_softmax(logits / 0.7, -1).gather(-1, labels[..., None]).squeeze(-1)
-    got = token_logprobs(logits, labels, temperature=0.7, chunk_size=4)  # 15 rows, 4 chunks
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), logits)
+    got = token_logprobs(
+        logits, labels, temperature=0.7, chunk_size=10
+    )  # chunks of 2 rows and 1 row
     assert got.shape == (3, 5)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), logits)
+    torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-12)
 
 
 def test_token_logprobs_bf16_in_float32_out_with_gradient():

@@ -8,6 +8,7 @@ from peft import LoraConfig
 from lit_rl.algorithms import group_normalized_advantages, grpo_loss
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
+from lit_rl.rollout import PackedEngine
 from tests.conftest import TINY_LORA, fit_rollouts, rollout_trainer, tiny_module_args
 
 
@@ -28,8 +29,8 @@ def _module(tiny_model_dir, **kwargs):
     return GRPOModule(**tiny_module_args(tiny_model_dir, **kwargs))
 
 
-def _fit(module, tiny_model_dir, steps=1, extra_callbacks=()):
-    return fit_rollouts(module, tiny_model_dir, steps, extra_callbacks)
+def _fit(module, tiny_model_dir, steps=1, extra_callbacks=(), engine=None):
+    return fit_rollouts(module, tiny_model_dir, steps, extra_callbacks, engine)
 
 
 def test_rollout_batch_contents(tiny_model_dir):
@@ -84,13 +85,21 @@ def test_num_iterations_takes_several_steps_on_one_rollout(tiny_model_dir):
     torch.manual_seed(0)
     capture = Capture()
     module = _module(tiny_model_dir, num_iterations=2)
-    trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[capture])
+    trainer = _fit(
+        module, tiny_model_dir, steps=2, extra_callbacks=[capture], engine=PackedEngine()
+    )
     assert trainer.global_step == 2 and capture.rollout.old_logprobs is not None
     fresh = _module(tiny_model_dir)
     fresh.policy.load_state_dict(capture.weights)
     with torch.no_grad():
         expected, _ = fresh.policy_logprobs(capture.rollout)
     torch.testing.assert_close(capture.rollout.old_logprobs, expected, rtol=0, atol=1e-6)
+    # The packed engine sampled from the same weights: its logprobs are the trainer's.
+    mask = capture.rollout.completion_mask
+    torch.testing.assert_close(
+        capture.rollout.sampler_logprobs[mask], expected[mask], rtol=0, atol=1e-5
+    )
+    assert trainer.callback_metrics["rollout/sampler_logprob_diff"].item() < 1e-5
 
 
 def test_without_rollout_callback_the_error_says_what_to_add(tiny_model_dir):
