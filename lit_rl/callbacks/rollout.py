@@ -30,10 +30,11 @@ class RolloutCallback(Callback):
     Args:
         engine: how completions are sampled: ``HFGenerateEngine`` (transformers
             ``generate``) by default; ``lit_rl.rollout.PackedEngine`` decodes Llama-family
-            models 1.3-2x faster and samples the same distribution in every check we have,
-            but in two seeds each the default recipe reached 36-38.5 % held-out accuracy
-            with it against 45-47 % with ``generate`` (docs/results.md), so it is opt-in
-            until that gap is explained; or any ``RolloutEngine`` by ``class_path``.
+            models 1.3-2x faster and samples the same distribution in every check we have;
+            over three seeds the default recipe reached 39.8 % held-out accuracy with it
+            against 44.2 % with ``generate`` (36-45 vs 40.5-47 %, docs/results.md), so it
+            stays opt-in until more seeds settle it; or any ``RolloutEngine`` by
+            ``class_path``.
     """
 
     def __init__(self, engine: RolloutEngine | None = None) -> None:

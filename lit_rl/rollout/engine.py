@@ -98,9 +98,9 @@ class HFGenerateEngine:
 
 class PackedEngine:
     """Samples through ``PackedDecoder``: the policy's weights packed once per generation
-    (q/k/v fused, LoRA adapters applied unmerged in float32), a KV cache allocated
-    once, and an exact inverse-CDF sampler; 1.3-1.5x the tokens/s of ``generate`` on a CPU,
-    1.8-2.1x on a GPU (docs/benchmarks.md). Models it cannot run exactly (not Llama/Qwen2, DoRA, sliding
+    (q/k/v fused, LoRA adapters applied unmerged in float32), a KV cache allocated once, and
+    an exact inverse-CDF sampler; 1.3-1.6x the tokens/s of ``generate`` on a CPU, 1.8-2.1x on
+    a GPU (docs/benchmarks.md). Models it cannot run exactly (not Llama/Qwen2, DoRA, sliding
     windows, ...) go to ``HFGenerateEngine``, with the reason logged once.
 
     Rows stop at their first EOS (later positions hold ``pad_token_id``); decoding ends when
