@@ -33,12 +33,12 @@ from lit_rl.models import (
     resolve_dtype,
 )
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
-from lit_rl.rollout import HFGenerateEngine, SamplingParams, completion_mask_from_eos
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # [N, L]
-    """Positions that skip left padding, matching what ``generate`` used while sampling."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+from lit_rl.rollout import (
+    HFGenerateEngine,
+    SamplingParams,
+    completion_mask_from_eos,
+    position_ids_from_mask,
+)
 
 
 class PolicyModule(LightningModule):

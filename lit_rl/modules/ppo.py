@@ -24,7 +24,8 @@ from lit_rl.models import (
     resolve_dtype,
     value_adapter_parameters,
 )
-from lit_rl.modules.base import PolicyModule, position_ids_from_mask
+from lit_rl.modules.base import PolicyModule
+from lit_rl.rollout import position_ids_from_mask
 
 
 class PPOModule(PolicyModule):

@@ -7,6 +7,7 @@ from lit_rl.rollout.engine import (
     RolloutEngine,
     SamplingParams,
     completion_mask_from_eos,
+    position_ids_from_mask,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "RolloutEngine",
     "SamplingParams",
     "completion_mask_from_eos",
+    "position_ids_from_mask",
 ]

@@ -8,9 +8,11 @@ fused into one product), a KV cache allocated once, and the LoRA
 adapters applied unmerged in float32 exactly as peft does, so the sampled distribution is the
 policy's (merging a small delta into bf16 weights would round most of it away).
 
-The decoder reads the policy's weights when it is built and holds no state between
-generations; ``PackedEngine`` builds one per generation, so it always samples from the
-current weights.
+On a CPU the base weights are also prepacked for products with a few rows (oneDNN's blocked
+layout in bf16, MKL's packed GEMM in float32; what ``torch.compile`` does for CPU linears):
+1.6x faster products, bit for bit the same in bf16. The decoder reads the policy's weights when it is built and holds no
+state between generations; ``PackedEngine`` builds one per generation, so it always samples
+from the current weights.
 """
 
 from dataclasses import dataclass
@@ -51,6 +53,36 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 
 @dataclass
+class PrepackedWeight:
+    """A CPU weight [out, in] reordered once for products with about ``rows`` input rows:
+    oneDNN's blocked layout in bf16, MKL's packed GEMM in float32 (the layouts
+    ``torch.compile`` uses for CPU linears). bf16 products are bit for bit the plain ones;
+    float32 ones differ by accumulation order (~1e-6 relative)."""
+
+    weight: torch.Tensor  # [out, in] plain: MKL's product falls back to it for other row counts
+    packed: torch.Tensor  # opaque, usable only by ``linear``
+    rows: int
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, rows: int) -> "PrepackedWeight | None":
+        """``weight`` prepacked, or ``None`` where this device, dtype or build has no such
+        layout (GPUs, float16, CPUs without bf16 instructions)."""
+        if weight.device.type != "cpu":
+            return None
+        if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+            if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return cls(weight, torch.ops.mkldnn._reorder_linear_weight(weight, rows), rows)
+        if weight.dtype == torch.float32 and torch.backends.mkl.is_available():
+            return cls(weight, torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), rows)
+        return None
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.weight.dtype == torch.float32:
+            return torch.ops.mkl._mkl_linear(x, self.packed, self.weight, bias, self.rows)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+
+
+@dataclass
 class PackedLinear:
     """Several linear layers of one input fused along their outputs, with their LoRA
     adapters (if any) kept apart: ``y = x W^T + b + (x A) B`` where A stacks every adapter's
@@ -62,9 +94,13 @@ class PackedLinear:
     bias: torch.Tensor | None  # [out]
     lora_a: torch.Tensor | None  # [in, R], the adapters' dtype (float32)
     lora_b: torch.Tensor | None  # [R, out]
+    prepacked: PrepackedWeight | None = None  # the same weight, faster on a CPU
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # [..., in] -> [..., out]
-        y = F.linear(x, self.weight, self.bias)
+        if self.prepacked is not None:
+            y = self.prepacked.linear(x, self.bias)
+        else:
+            y = F.linear(x, self.weight, self.bias)
         if self.lora_a is None:
             return y
         # As peft: the adapter's path in its own dtype, added, then back to the base dtype.
@@ -90,11 +126,15 @@ def _base_and_adapters(
     return base, adapters
 
 
-def pack_linears(modules: list[nn.Module]) -> PackedLinear:
-    """Fuse ``modules`` (plain or peft LoRA linears reading the same input) into one."""
+def pack_linears(modules: list[nn.Module], rows: int | None = None) -> PackedLinear:
+    """Fuse ``modules`` (plain or peft LoRA linears reading the same input) into one; with
+    ``rows`` (the batch it will see), the fused base weight is also prepacked where the
+    CPU allows (``PrepackedWeight``)."""
     parts = [_base_and_adapters(m) for m in modules]
     bases = [base for base, _ in parts]
     weight = bases[0].weight if len(bases) == 1 else torch.cat([b.weight for b in bases])
+    weight = weight.detach()
+    prepacked = None if rows is None else PrepackedWeight.of(weight, rows)
     biases = [b.bias for b in bases]
     bias = None
     if any(b is not None for b in biases):
@@ -106,7 +146,7 @@ def pack_linears(modules: list[nn.Module]) -> PackedLinear:
         )
     adapters = [(i, a, b) for i, (_, pairs) in enumerate(parts) for a, b in pairs]
     if not adapters:
-        return PackedLinear(weight.detach(), None if bias is None else bias.detach(), None, None)
+        return PackedLinear(weight, None if bias is None else bias.detach(), None, None, prepacked)
     outs = [base.out_features for base in bases]
     offsets = [sum(outs[:i]) for i in range(len(outs))]
     rank = sum(a.shape[0] for _, a, _ in adapters)
@@ -116,7 +156,7 @@ def pack_linears(modules: list[nn.Module]) -> PackedLinear:
     for i, a, b in adapters:
         lora_b[row : row + a.shape[0], offsets[i] : offsets[i] + outs[i]] = b.detach().t()
         row += a.shape[0]
-    return PackedLinear(weight.detach(), None if bias is None else bias.detach(), lora_a, lora_b)
+    return PackedLinear(weight, None if bias is None else bias.detach(), lora_a, lora_b, prepacked)
 
 
 @dataclass
@@ -136,9 +176,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rope(
+    x: torch.Tensor,  # [N, L, heads, d]
+    cos: torch.Tensor,  # [N, L, 1, d]
+    signed_sin: torch.Tensor,  # [N, L, 1, d], sin with its first half negated
+) -> torch.Tensor:  # [N, L, heads, d]
+    """Rotary embedding as transformers applies it, ``x cos + rotate_half(x) sin`` with
+    ``rotate_half(x) = (-x2, x1)``: the sign moved into the table, so the rotation is one
+    swap of the halves (bit for bit the same products)."""
+    halves = x.unflatten(-1, (2, -1))
+    return x * cos + halves.flip(-2).flatten(-2) * signed_sin
 
 
 class KVCache:
@@ -159,11 +206,21 @@ class KVCache:
         self.values = torch.empty(shape, dtype=dtype, device=device)
 
 
+def prefill_mask(prompt_valid: torch.Tensor) -> torch.Tensor:  # [N, P] -> [N, 1, P, P]
+    """Causal attention over a left-padded prompt's real tokens; a padding query attends to
+    itself only, so its (unused) output stays finite."""
+    length = prompt_valid.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=prompt_valid.device).tril()
+    itself = torch.eye(length, dtype=torch.bool, device=prompt_valid.device)
+    return ((causal & prompt_valid[:, None].bool()) | itself)[:, None]
+
+
 class PackedDecoder:
     """The policy's decoder as packed tensors: ``forward`` runs ``L`` new positions of ``N``
-    rows against a ``KVCache`` and returns the last position's logits."""
+    rows against a ``KVCache`` and returns the last position's logits. ``rows``, the batch
+    it will decode, lets the CPU weights be prepacked (``None`` keeps them plain)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, rows: int | None = None) -> None:
         reason = unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"PackedDecoder cannot run this model: {reason}")
@@ -180,18 +237,19 @@ class PackedDecoder:
         self.embed = decoder.embed_tokens.weight.detach()
         self.dtype, self.device = self.embed.dtype, self.embed.device
         self.final_norm = decoder.norm.weight.detach()
-        self.lm_head = pack_linears([causal_lm.lm_head])
+        self.lm_head = pack_linears([causal_lm.lm_head], rows)
         self.layers = [
             PackedLayer(
                 input_norm=layer.input_layernorm.weight.detach(),
                 qkv=pack_linears(
-                    [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]
+                    [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+                    rows,
                 ),
-                o=pack_linears([layer.self_attn.o_proj]),
+                o=pack_linears([layer.self_attn.o_proj], rows),
                 post_norm=layer.post_attention_layernorm.weight.detach(),
-                gate=pack_linears([layer.mlp.gate_proj]),
-                up=pack_linears([layer.mlp.up_proj]),
-                down=pack_linears([layer.mlp.down_proj]),
+                gate=pack_linears([layer.mlp.gate_proj], rows),
+                up=pack_linears([layer.mlp.up_proj], rows),
+                down=pack_linears([layer.mlp.down_proj], rows),
             )
             for layer in decoder.layers
         ]
@@ -202,18 +260,19 @@ class PackedDecoder:
         )
 
     def rotary_table(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [length, d]
-        """cos and sin of every position below ``length``, as the model's own rotary module
-        computes them (so every RoPE scaling it knows is honoured)."""
+        """cos and signed sin (see ``apply_rope``) of every position below ``length``, as the
+        model's own rotary module computes them (so every RoPE scaling it knows is honoured)."""
         positions = torch.arange(length, device=self.device)[None]
         probe = torch.empty(0, dtype=self.dtype, device=self.device)
         cos, sin = self.rotary(probe, positions)
-        return cos[0], sin[0]
+        half = sin.shape[-1] // 2
+        return cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
     def forward(
         self,
         input_ids: torch.Tensor,  # [N, L] new tokens
         cos: torch.Tensor,  # [N, L, d] at the new tokens' positions
-        sin: torch.Tensor,  # [N, L, d]
+        signed_sin: torch.Tensor,  # [N, L, d]
         cache: KVCache,
         start: int,  # cache slots [start, start + L) receive the new keys and values
         attention_mask: torch.Tensor,  # [N, 1, L, start + L] bool, True = may attend
@@ -221,20 +280,23 @@ class PackedDecoder:
         rows, length = input_ids.shape
         end = start + length
         q_size, kv_size = self.num_heads * self.head_dim, self.kv_heads * self.head_dim
-        cos, sin = cos[:, None], sin[:, None]
+        cos, signed_sin = cos[:, :, None], signed_sin[:, :, None]
         h = F.embedding(input_ids, self.embed)
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.qkv(rms_norm(h, layer.input_norm, self.eps)).split(
-                [q_size, kv_size, kv_size], dim=-1
+            qkv = layer.qkv(rms_norm(h, layer.input_norm, self.eps))
+            # q and k lie side by side in the fused output: one rotation serves both.
+            qk = qkv[..., : q_size + kv_size].unflatten(-1, (-1, self.head_dim))
+            q, k = (
+                apply_rope(qk, cos, signed_sin)
+                .transpose(1, 2)
+                .split([self.num_heads, self.kv_heads], dim=1)
             )
-            q = q.view(rows, length, self.num_heads, self.head_dim).transpose(1, 2)
-            k = k.view(rows, length, self.kv_heads, self.head_dim).transpose(1, 2)
-            cache.keys[i, :, :, start:end] = k * cos + rotate_half(k) * sin
-            cache.values[i, :, :, start:end] = v.view(
-                rows, length, self.kv_heads, self.head_dim
-            ).transpose(1, 2)
+            cache.keys[i, :, :, start:end] = k
+            cache.values[i, :, :, start:end] = (
+                qkv[..., q_size + kv_size :].unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+            )
             attention = F.scaled_dot_product_attention(
-                q * cos + rotate_half(q) * sin,
+                q,
                 cache.keys[i, :, :, :end],
                 cache.values[i, :, :, :end],
                 attn_mask=attention_mask,

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lit_rl.rollout.decoder import PackedDecoder, unsupported_reason
+from lit_rl.rollout.decoder import PackedDecoder, prefill_mask, unsupported_reason
 from lit_rl.rollout.sampler import sample_tokens
 
 
@@ -136,25 +136,21 @@ class PackedEngine:
                 pad_token_id,
                 eos_token_ids,
             )
-        decoder = PackedDecoder(model)  # the current weights, dropped after this call
         ids = prompt_ids.repeat_interleave(num_generations, dim=0)
+        # The current weights, dropped after this call.
+        decoder = PackedDecoder(model, rows=ids.shape[0])
         prompt_valid = prompt_mask.repeat_interleave(num_generations, dim=0).bool()
         rows, prompt_len = ids.shape
         max_new = sampling.max_new_tokens
         cache = decoder.new_cache(rows, prompt_len + max_new)
         cos, sin = decoder.rotary_table(prompt_len + max_new)
         # Positions skip the left padding, as in generate and the trainer's forward passes.
-        positions = (prompt_valid.long().cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids_from_mask(prompt_valid)
         next_position = prompt_valid.sum(-1)  # [N]
         # Keys a query may attend to: real prompt tokens, then every generated slot.
         key_valid = torch.cat([prompt_valid, prompt_valid.new_ones(rows, max_new)], dim=1)
-        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool, device=ids.device).tril()
-        # A padding query attends to itself only, so its (unused) output stays finite.
-        prefill_mask = (causal & key_valid[:, None, :prompt_len]) | torch.eye(
-            prompt_len, dtype=torch.bool, device=ids.device
-        )
         logits = decoder.forward(
-            ids, cos[positions], sin[positions], cache, 0, prefill_mask[:, None]
+            ids, cos[positions], sin[positions], cache, 0, prefill_mask(prompt_valid)
         )
         eos = torch.tensor(eos_token_ids, device=ids.device)
         finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
@@ -180,6 +176,12 @@ class PackedEngine:
                 key_valid[:, None, None, :end],
             )
         return Generation(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # [N, L]
+    """Positions that skip left padding: what the engines sample with and what the
+    trainer's forward passes must use to score the same tokens."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def completion_mask_from_eos(

@@ -3,13 +3,20 @@ logprobs equal to the trainer's, on tiny random models in float32."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from lit_rl.algorithms import token_logprobs_with_entropy
 from lit_rl.models import load_model, load_tokenizer
-from lit_rl.rollout import HFGenerateEngine, PackedEngine, SamplingParams
-from lit_rl.rollout.decoder import PackedDecoder, unsupported_reason
+from lit_rl.rollout import HFGenerateEngine, PackedEngine, SamplingParams, position_ids_from_mask
+from lit_rl.rollout.decoder import (
+    PackedDecoder,
+    PrepackedWeight,
+    apply_rope,
+    prefill_mask,
+    unsupported_reason,
+)
 
 PROMPTS = ["ab", "a much longer prompt", "xyz?"]
 
@@ -53,18 +60,23 @@ def models(tiny_model_dir, vocab_size):
     yield "llama + LoRA all-linear", with_lora(load_model(str(tiny_model_dir)), "all-linear")
 
 
-def test_decoder_logits_match_the_model_at_every_step(tiny_model_dir, setup):
+@pytest.mark.parametrize("prepack", [False, True], ids=["plain weights", "prepacked"])
+def test_decoder_logits_match_the_model_at_every_step(tiny_model_dir, setup, prepack):
     tokenizer, ids, mask = setup
+    rows, prompt_len = ids.shape
     for name, model in models(tiny_model_dir, len(tokenizer)):
         model.eval()
-        decoder = PackedDecoder(model)
-        rows, prompt_len = ids.shape
+        decoder = PackedDecoder(model, rows=rows if prepack else None)
+        # float32 on a CPU: MKL's packed GEMM (torch's CPU wheels ship MKL on x86).
+        assert (decoder.layers[0].qkv.prepacked is not None) == (
+            prepack and torch.backends.mkl.is_available()
+        )
         new = torch.randint(
             5, len(tokenizer), (rows, 4), generator=torch.Generator().manual_seed(0)
         )
         full_ids = torch.cat([ids, new], 1)
         full_mask = torch.cat([mask, torch.ones_like(new)], 1)
-        positions = (full_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids_from_mask(full_mask)
         with torch.no_grad():
             expected = model(
                 input_ids=full_ids, attention_mask=full_mask, position_ids=positions
@@ -72,11 +84,9 @@ def test_decoder_logits_match_the_model_at_every_step(tiny_model_dir, setup):
         cache = decoder.new_cache(rows, full_ids.shape[1])
         cos, sin = decoder.rotary_table(full_ids.shape[1])
         valid = full_mask.bool()
-        causal = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
-        prefill = (causal & valid[:, None, :prompt_len]) | torch.eye(prompt_len, dtype=torch.bool)
         p = positions[:, :prompt_len]
         with torch.no_grad():
-            got = [decoder.forward(ids, cos[p], sin[p], cache, 0, prefill[:, None])]
+            got = [decoder.forward(ids, cos[p], sin[p], cache, 0, prefill_mask(mask))]
             for t in range(new.shape[1]):
                 end = prompt_len + t + 1
                 p = positions[:, end - 1 : end]
@@ -180,3 +190,41 @@ def test_lora_variants_are_refused(tiny_model_dir):
     model = load_model(str(tiny_model_dir))
     dora = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
     assert "variant" in unsupported_reason(dora)
+
+
+def test_prepacked_bf16_products_are_the_plain_ones_bit_for_bit():
+    # The engine's speed-up on CPUs with bf16 units must not change a single sampled logit.
+    weight = torch.randn(96, 64, dtype=torch.bfloat16)
+    prepacked = PrepackedWeight.of(weight, rows=4)
+    if prepacked is None:
+        pytest.skip("this CPU has no bf16 instructions for oneDNN (float32 is tested above)")
+    x = torch.randn(4, 3, 64, dtype=torch.bfloat16)
+    bias = torch.randn(96, dtype=torch.bfloat16)
+    assert torch.equal(prepacked.linear(x, bias), F.linear(x, weight, bias))
+    assert torch.equal(prepacked.linear(x[:, -1], None), F.linear(x[:, -1], weight))
+
+
+def test_prepacked_float32_products_for_any_row_count():
+    weight, bias = torch.randn(96, 64), torch.randn(96)
+    prepacked = PrepackedWeight.of(weight, rows=4)
+    if prepacked is None:
+        pytest.skip("torch built without MKL")
+    for rows in (4, 7, 1):  # the prefill's row count differs from the decode's
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(prepacked.linear(x, bias), F.linear(x, weight, bias))
+
+
+def test_rope_is_transformers_rope_bit_for_bit_in_bf16():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 5, 8, dtype=torch.bfloat16)  # [N, heads, L, d]
+    k = torch.randn(2, 2, 5, 8, dtype=torch.bfloat16)
+    angles = torch.rand(2, 5, 4) * 10
+    cos = torch.cat([angles.cos()] * 2, -1).bfloat16()
+    sin = torch.cat([angles.sin()] * 2, -1).bfloat16()
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos, sin)
+    signed_sin = torch.cat([-sin[..., :4], sin[..., 4:]], -1)
+    qk = torch.cat([q, k], 1).transpose(1, 2)  # [N, L, heads, d], the decoder's layout
+    got = apply_rope(qk, cos[:, :, None], signed_sin[:, :, None]).transpose(1, 2)
+    assert torch.equal(got[:, :4], expected_q) and torch.equal(got[:, 4:], expected_k)
