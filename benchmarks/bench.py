@@ -105,7 +105,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
     from lit_rl.data import PromptDataModule
     from lit_rl.modules import GRPOModule
     from lit_rl.rewards import MathCorrectness
-    from lit_rl.rollout import PackedEngine
+    from lit_rl.rollout import HFGenerateEngine, PackedEngine
 
     class PhaseTimer(Callback):
         def __init__(self) -> None:
@@ -148,9 +148,12 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer=args.model, batch_size=1, num_train=64, num_val=0, prompt_suffix=SUFFIX
     )
     timer = PhaseTimer()
+    engine = {"default": None, "packed": PackedEngine(), "generate": HFGenerateEngine()}[
+        args.engine
+    ]
     trainer = Trainer(
         max_steps=args.warmup + args.steps,
-        callbacks=[timer, RolloutCallback(PackedEngine() if args.engine == "packed" else None)],
+        callbacks=[timer, RolloutCallback(engine)],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -297,6 +300,13 @@ def in_subprocess(framework: str, args: argparse.Namespace, **overrides: Any) ->
 # ---- the report ----------------------------------------------------------------------------
 
 
+def default_is_packed() -> bool:
+    from lit_rl.callbacks import RolloutCallback
+    from lit_rl.rollout import PackedEngine
+
+    return isinstance(RolloutCallback().engine, PackedEngine)
+
+
 def report(args: argparse.Namespace) -> None:
     dtype = resolve_dtype(args.dtype)
     flags = cpu_flags()
@@ -323,7 +333,11 @@ def report(args: argparse.Namespace) -> None:
     )
     ours = in_subprocess("lit_rl", args)
     checkpointed = in_subprocess("lit_rl", args, activation_checkpointing=True)
-    packed = in_subprocess("lit_rl", args, engine="packed")
+    # The rollout engine that is not the default, timed beside it.
+    other_name, other_engine = (
+        ("transformers generate", "generate") if default_is_packed() else ("PackedEngine", "packed")
+    )
+    other = in_subprocess("lit_rl", args, engine=other_engine)
     theirs = None if args.skip_trl else in_subprocess("trl", args)
 
     # What each phase would take at the floor: decoding reads every weight once per token
@@ -360,19 +374,21 @@ def report(args: argparse.Namespace) -> None:
         share = f"{ours[phase] / floor:.1f}x" if floor else ""
         print(f"| {phase} | {ours[phase]:.2f} | {f'{floor:.2f}' if floor else ''} | {share} |")
     in_loop = ours["tokens"] / ours["generation"]
+    default_name = "PackedEngine" if default_is_packed() else "transformers generate"
     print(
-        f"\ngenerated tokens/s: in the loop {in_loop:.0f}, bare `generate` on the same batch "
+        f"\ngenerated tokens/s: in the loop ({default_name}, the default) {in_loop:.0f}, "
+        "bare `generate` on the same batch "
         f"{ours['bare_generate_tokens_per_s']:.0f} ({in_loop / ours['bare_generate_tokens_per_s']:.2f}x); "
-        f"with PackedEngine {packed['tokens'] / packed['generation']:.0f} "
-        f"(generation {packed['generation']:.2f} s of its {packed['step']:.2f} s step)"
+        f"with {other_name} {other['tokens'] / other['generation']:.0f} "
+        f"(generation {other['generation']:.2f} s of its {other['step']:.2f} s step)"
     )
     print("\n| | lit_rl | TRL 1.16 | lit_rl / TRL |")
     print("|---|---|---|---|")
     rows = [
         ("step s", "step", ours, ".2f"),
         ("peak RSS MiB", "peak_rss_mib", ours, ".0f"),
-        ("step s, lit_rl with PackedEngine", "step", packed, ".2f"),
-        ("peak RSS MiB, lit_rl with PackedEngine", "peak_rss_mib", packed, ".0f"),
+        (f"step s, lit_rl with {other_name}", "step", other, ".2f"),
+        (f"peak RSS MiB, lit_rl with {other_name}", "peak_rss_mib", other, ".0f"),
         ("step s, lit_rl with activation_checkpointing", "step", checkpointed, ".2f"),
         ("peak RSS MiB, lit_rl with activation_checkpointing", "peak_rss_mib", checkpointed, ".0f"),
         ("tokens per step", "tokens", ours, ".0f"),
@@ -416,7 +432,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument(
-        "--engine", default="default", choices=["default", "packed"], help="lit_rl worker only"
+        "--engine",
+        default="default",
+        choices=["default", "packed", "generate"],
+        help="lit_rl worker only",
     )
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument(
