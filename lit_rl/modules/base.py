@@ -34,9 +34,10 @@ from lit_rl.models import (
 )
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
 from lit_rl.rollout import (
-    HFGenerateEngine,
+    RolloutEngine,
     SamplingParams,
     completion_mask_from_eos,
+    default_engine,
     position_ids_from_mask,
 )
 
@@ -143,7 +144,8 @@ class PolicyModule(LightningModule):
         self.eos_token_ids = self._eos_token_ids()
         # Minibatch shuffling has its own RNG (in checkpoints), so it never shifts sampling.
         self.shuffle_generator = torch.Generator().manual_seed(0)
-        self.evaluation_engine = HFGenerateEngine()  # greedy completions in validation
+        # Greedy completions in validation; default_engine(device) unless set before fit.
+        self.evaluation_engine: RolloutEngine | None = None
 
     def use_reference(self) -> None:
         """Give the algorithm a reference policy pi_ref. With LoRA it is the policy with its
@@ -171,6 +173,10 @@ class PolicyModule(LightningModule):
         # the same function, or the ratio and the KL measure noise.
         self.policy.eval()
         return self
+
+    def setup(self, stage: str) -> None:
+        if self.evaluation_engine is None:
+            self.evaluation_engine = default_engine(self.trainer.strategy.root_device)
 
     def on_fit_start(self) -> None:
         # Lightning keeps the modes modules were built in (it never calls train() at fit

@@ -7,6 +7,7 @@ from lit_rl.rollout.engine import (
     RolloutEngine,
     SamplingParams,
     completion_mask_from_eos,
+    default_engine,
     position_ids_from_mask,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "RolloutEngine",
     "SamplingParams",
     "completion_mask_from_eos",
+    "default_engine",
     "position_ids_from_mask",
 ]

@@ -8,7 +8,7 @@ from peft import LoraConfig
 from lit_rl.algorithms import group_normalized_advantages, grpo_loss
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
-from lit_rl.rollout import PackedEngine
+from lit_rl.rollout import HFGenerateEngine, PackedEngine
 from tests.conftest import TINY_LORA, fit_rollouts, rollout_trainer, tiny_module_args
 
 
@@ -33,10 +33,15 @@ def _fit(module, tiny_model_dir, steps=1, extra_callbacks=(), engine=None):
     return fit_rollouts(module, tiny_model_dir, steps, extra_callbacks, engine)
 
 
-def test_rollout_batch_contents(tiny_model_dir):
+# None: the default engine (PackedEngine on a CPU); generate stays covered inside the loop.
+ENGINES = pytest.mark.parametrize("engine", [None, HFGenerateEngine()], ids=["default", "generate"])
+
+
+@ENGINES
+def test_rollout_batch_contents(tiny_model_dir, engine):
     torch.manual_seed(0)
     capture = Capture()
-    _fit(_module(tiny_model_dir), tiny_model_dir, extra_callbacks=[capture])
+    _fit(_module(tiny_model_dir), tiny_model_dir, extra_callbacks=[capture], engine=engine)
     r = capture.rollout
     n, t = r.completion_mask.shape
     assert n == 2 * 4 and 1 <= t <= 8
@@ -53,11 +58,12 @@ def test_rollout_batch_contents(tiny_model_dir):
     assert set(r.reward_components) == {"contains_target", "brevity"}
 
 
-def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir):
+@ENGINES
+def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, engine):
     torch.manual_seed(0)
     capture = Capture()
     module = _module(tiny_model_dir)
-    trainer = _fit(module, tiny_model_dir, extra_callbacks=[capture])
+    trainer = _fit(module, tiny_model_dir, extra_callbacks=[capture], engine=engine)
     # Recompute the loss with the weights the step started from.
     fresh = _module(tiny_model_dir)
     fresh.policy.load_state_dict(capture.weights)

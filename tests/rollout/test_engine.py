@@ -1,7 +1,13 @@
 import torch
 
 from lit_rl.models import load_model, load_tokenizer
-from lit_rl.rollout import HFGenerateEngine, SamplingParams, completion_mask_from_eos
+from lit_rl.rollout import (
+    HFGenerateEngine,
+    PackedEngine,
+    SamplingParams,
+    completion_mask_from_eos,
+    default_engine,
+)
 
 
 def test_completion_mask_from_eos_hand_values():
@@ -82,3 +88,8 @@ def test_sampling_is_seeded(tiny_model_dir):
 
     assert torch.equal(sample(0), sample(0))
     assert not torch.equal(sample(0), sample(1))
+
+
+def test_default_engine_is_packed_on_a_cpu_and_generate_elsewhere():
+    assert isinstance(default_engine(torch.device("cpu")), PackedEngine)
+    assert isinstance(default_engine(torch.device("cuda")), HFGenerateEngine)
