@@ -148,9 +148,12 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer=args.model, batch_size=1, num_train=64, num_val=0, prompt_suffix=SUFFIX
     )
     timer = PhaseTimer()
-    engine = {"default": None, "packed": PackedEngine(), "generate": HFGenerateEngine()}[
-        args.engine
-    ]
+    engine = {
+        "default": None,
+        "packed": PackedEngine(),
+        "packed-plain": PackedEngine(prepack=False),
+        "generate": HFGenerateEngine(),
+    }[args.engine]
     trainer = Trainer(
         max_steps=args.warmup + args.steps,
         callbacks=[timer, RolloutCallback(engine)],
@@ -301,10 +304,11 @@ def in_subprocess(framework: str, args: argparse.Namespace, **overrides: Any) ->
 
 
 def default_is_packed() -> bool:
-    from lit_rl.callbacks import RolloutCallback
-    from lit_rl.rollout import PackedEngine
+    """Whether ``default_engine`` is ``PackedEngine`` on the device the bench trains on."""
+    from lit_rl.rollout import PackedEngine, default_engine
 
-    return isinstance(RolloutCallback().engine, PackedEngine)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return isinstance(default_engine(device), PackedEngine)
 
 
 def report(args: argparse.Namespace) -> None:
@@ -338,6 +342,9 @@ def report(args: argparse.Namespace) -> None:
         ("transformers generate", "generate") if default_is_packed() else ("PackedEngine", "packed")
     )
     other = in_subprocess("lit_rl", args, engine=other_engine)
+    # The prepacked weights' transient copy sets the peak once checkpointing lowers the
+    # update's: checkpointing with the plain-weight packed engine shows the leanest setting.
+    lean = in_subprocess("lit_rl", args, activation_checkpointing=True, engine="packed-plain")
     theirs = None if args.skip_trl else in_subprocess("trl", args)
 
     # What each phase would take at the floor: decoding reads every weight once per token
@@ -391,6 +398,8 @@ def report(args: argparse.Namespace) -> None:
         (f"peak RSS MiB, lit_rl with {other_name}", "peak_rss_mib", other, ".0f"),
         ("step s, lit_rl with activation_checkpointing", "step", checkpointed, ".2f"),
         ("peak RSS MiB, lit_rl with activation_checkpointing", "peak_rss_mib", checkpointed, ".0f"),
+        ("step s, + PackedEngine(prepack=False)", "step", lean, ".2f"),
+        ("peak RSS MiB, + PackedEngine(prepack=False)", "peak_rss_mib", lean, ".0f"),
         ("tokens per step", "tokens", ours, ".0f"),
     ]
     if on_gpu:
@@ -434,7 +443,7 @@ def main() -> None:
     parser.add_argument(
         "--engine",
         default="default",
-        choices=["default", "packed", "generate"],
+        choices=["default", "packed", "packed-plain", "generate"],
         help="lit_rl worker only",
     )
     parser.add_argument("--skip-trl", action="store_true")

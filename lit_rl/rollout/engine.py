@@ -107,7 +107,12 @@ class PackedEngine:
     every row has stopped or after ``max_new_tokens``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, prepack: bool = True) -> None:
+        """``prepack``: reorder the CPU weights for the batch's products at every generation
+        (1.6x faster bf16 products for a transient copy of the weights, ~270 MB for a 135M
+        model in bf16; with ``activation_checkpointing`` that copy sets the step's peak
+        memory). No effect on a GPU."""
+        self.prepack = prepack
         self.fallback = HFGenerateEngine()
         self._fallback_reasons: set[str] = set()
 
@@ -138,7 +143,7 @@ class PackedEngine:
             )
         ids = prompt_ids.repeat_interleave(num_generations, dim=0)
         # The current weights, dropped after this call.
-        decoder = PackedDecoder(model, rows=ids.shape[0])
+        decoder = PackedDecoder(model, rows=ids.shape[0] if self.prepack else None)
         prompt_valid = prompt_mask.repeat_interleave(num_generations, dim=0).bool()
         rows, prompt_len = ids.shape
         max_new = sampling.max_new_tokens
