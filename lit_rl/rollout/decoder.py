@@ -10,9 +10,11 @@ policy's (merging a small delta into bf16 weights would round most of it away).
 
 On a CPU the base weights are also prepacked for products with a few rows (oneDNN's blocked
 layout in bf16, MKL's packed GEMM in float32; what ``torch.compile`` does for CPU linears):
-1.6x faster products, bit for bit the same in bf16. The decoder reads the policy's weights when it is built and holds no
-state between generations; ``PackedEngine`` builds one per generation, so it always samples
-from the current weights.
+1.6x faster products, bit for bit the same in bf16.
+
+The decoder reads the policy's weights when it is built and holds no state between
+generations; ``PackedEngine`` builds one per generation, so it always samples from the
+current weights.
 """
 
 from dataclasses import dataclass

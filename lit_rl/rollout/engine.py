@@ -100,8 +100,9 @@ class PackedEngine:
     """Samples through ``PackedDecoder``: the policy's weights packed once per generation
     (q/k/v fused, LoRA adapters applied unmerged in float32, CPU weights prepacked), a KV
     cache allocated once, and an exact inverse-CDF sampler; 1.4-1.7x the tokens/s of
-    ``generate`` on a CPU, 1.8-2.1x on a GPU (docs/benchmarks.md). Models it cannot run exactly (not Llama/Qwen2, DoRA, sliding
-    windows, ...) go to ``HFGenerateEngine``, with the reason logged once.
+    ``generate`` on a CPU, 1.8-2.1x on a GPU when timed alone (docs/benchmarks.md). Models it
+    cannot run exactly (not Llama/Qwen2, DoRA, sliding windows, ...) go to
+    ``HFGenerateEngine``, with the reason logged once.
 
     Rows stop at their first EOS (later positions hold ``pad_token_id``); decoding ends when
     every row has stopped or after ``max_new_tokens``.
@@ -142,20 +143,20 @@ class PackedEngine:
                 eos_token_ids,
             )
         ids = prompt_ids.repeat_interleave(num_generations, dim=0)
-        # The current weights, dropped after this call.
-        decoder = PackedDecoder(model, rows=ids.shape[0] if self.prepack else None)
         prompt_valid = prompt_mask.repeat_interleave(num_generations, dim=0).bool()
         rows, prompt_len = ids.shape
+        # The current weights, dropped after this call.
+        decoder = PackedDecoder(model, rows=rows if self.prepack else None)
         max_new = sampling.max_new_tokens
         cache = decoder.new_cache(rows, prompt_len + max_new)
-        cos, sin = decoder.rotary_table(prompt_len + max_new)
+        cos, signed_sin = decoder.rotary_table(prompt_len + max_new)
         # Positions skip the left padding, as in generate and the trainer's forward passes.
         positions = position_ids_from_mask(prompt_valid)
         next_position = prompt_valid.sum(-1)  # [N]
         # Keys a query may attend to: real prompt tokens, then every generated slot.
         key_valid = torch.cat([prompt_valid, prompt_valid.new_ones(rows, max_new)], dim=1)
         logits = decoder.forward(
-            ids, cos[positions], sin[positions], cache, 0, prefill_mask(prompt_valid)
+            ids, cos[positions], signed_sin[positions], cache, 0, prefill_mask(prompt_valid)
         )
         eos = torch.tensor(eos_token_ids, device=ids.device)
         finished = torch.zeros(rows, dtype=torch.bool, device=ids.device)
@@ -175,7 +176,7 @@ class PackedEngine:
             logits = decoder.forward(
                 token[:, None],
                 cos[position],
-                sin[position],
+                signed_sin[position],
                 cache,
                 end - 1,
                 key_valid[:, None, None, :end],

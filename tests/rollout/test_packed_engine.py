@@ -82,11 +82,11 @@ def test_decoder_logits_match_the_model_at_every_step(tiny_model_dir, setup, pre
                 input_ids=full_ids, attention_mask=full_mask, position_ids=positions
             ).logits
         cache = decoder.new_cache(rows, full_ids.shape[1])
-        cos, sin = decoder.rotary_table(full_ids.shape[1])
+        cos, signed_sin = decoder.rotary_table(full_ids.shape[1])
         valid = full_mask.bool()
         p = positions[:, :prompt_len]
         with torch.no_grad():
-            got = [decoder.forward(ids, cos[p], sin[p], cache, 0, prefill_mask(mask))]
+            got = [decoder.forward(ids, cos[p], signed_sin[p], cache, 0, prefill_mask(mask))]
             for t in range(new.shape[1]):
                 end = prompt_len + t + 1
                 p = positions[:, end - 1 : end]
@@ -94,7 +94,7 @@ def test_decoder_logits_match_the_model_at_every_step(tiny_model_dir, setup, pre
                     decoder.forward(
                         new[:, t : t + 1],
                         cos[p],
-                        sin[p],
+                        signed_sin[p],
                         cache,
                         end - 1,
                         valid[:, None, None, :end],
