@@ -119,6 +119,12 @@ TINY_LORA = dict(
 )
 
 
+def built(module):
+    """``module`` with its models built, as the Trainer builds them (``configure_model``)."""
+    module.configure_model()
+    return module
+
+
 def tiny_module_args(model_dir, **overrides) -> dict:
     """Arguments of a GRPO or PPO module on the tiny model: LoRA, float32 (hand-checked numbers
     must not depend on the CPU's bf16 units), 4 generations, a learning rate that moves it."""

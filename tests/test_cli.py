@@ -80,9 +80,8 @@ def test_local_directory_recipe_trains_logs_and_exports(tiny_model_dir, tmp_path
     assert expected <= scalars, expected - scalars
     assert "rollout/samples/text_summary" in text
     checkpoints = run / "checkpoints"
-    assert (checkpoints / "last.ckpt").is_file() and (
-        checkpoints / "last.policy" / "config.json"
-    ).is_file()
+    assert (checkpoints / "last.ckpt").is_file()
+    assert (checkpoints / "policy" / "adapter" / "adapter_config.json").is_file()
     policy = AutoModelForCausalLM.from_pretrained(checkpoints / "policy")
     tokenizer = AutoTokenizer.from_pretrained(checkpoints / "policy")
     batch = tokenizer(["1+1="], return_tensors="pt")

@@ -18,6 +18,7 @@ from lit_rl.algorithms.advantages import (
     process_supervised_advantages,
     whiten,
 )
+from lit_rl.algorithms.distributed import all_reduce_sum
 from lit_rl.algorithms.kl_control import AdaptiveKLController
 from lit_rl.algorithms.logprobs import token_logprobs, token_logprobs_with_entropy
 from lit_rl.algorithms.losses import (
@@ -25,6 +26,7 @@ from lit_rl.algorithms.losses import (
     KLEstimator,
     LossType,
     aggregate,
+    aggregation_count,
     aggregation_of,
     explained_variance,
     grpo_loss,
@@ -42,6 +44,8 @@ __all__ = [
     "KLEstimator",
     "LossType",
     "aggregate",
+    "all_reduce_sum",
+    "aggregation_count",
     "aggregation_of",
     "explained_variance",
     "gae",

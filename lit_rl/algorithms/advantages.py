@@ -2,6 +2,8 @@
 
 import torch
 
+from lit_rl.algorithms.distributed import all_reduce_sum
+
 
 def _check_groups(num_rollouts: int, group_size: int) -> int:
     if group_size < 2:
@@ -112,20 +114,24 @@ def whiten(
     mask: torch.Tensor | None = None,  # same shape, bool
     shift_mean: bool = True,
     eps: float = 1e-8,
+    across_processes: bool = False,
 ) -> torch.Tensor:
     """Normalise to zero mean and unit variance over the masked entries.
 
     Variance is the unbiased sample variance of the masked entries. With ``shift_mean=False``
     only the scale changes (the mean is added back), as PPO implementations do for rewards.
+    ``across_processes``: the mean and variance are those of every process's masked entries
+    together (the global batch), as if one process held them all.
     """
+    reduce = all_reduce_sum if across_processes else (lambda t: t)
     if mask is None:
         mask = torch.ones_like(values, dtype=torch.bool)
     weights = mask.to(values.dtype)
-    count = weights.sum()
+    count, total = reduce(torch.stack([weights.sum(), (values * weights).sum()]))
     if count < 2:
         raise ValueError(f"whiten needs at least 2 masked entries, got {int(count)}")
-    mean = (values * weights).sum() / count
-    var = (((values - mean) ** 2) * weights).sum() / (count - 1)
+    mean = total / count
+    var = reduce((((values - mean) ** 2) * weights).sum()) / (count - 1)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

@@ -4,6 +4,8 @@ from typing import Literal
 
 import torch
 
+from lit_rl.algorithms.distributed import all_reduce_sum
+
 KLEstimator = Literal["k1", "k2", "k3"]
 LossType = Literal["grpo", "dr_grpo", "dapo"]
 Aggregation = Literal["sequence_mean", "token_mean", "constant_normalizer"]
@@ -61,23 +63,32 @@ def aggregate(
     )
 
 
+def aggregation_count(
+    mask: torch.Tensor,  # [N, T] bool
+    aggregation: Aggregation,
+) -> int:
+    """What ``aggregation`` averages over in a batch: its counted tokens for ``token_mean``,
+    its rows for ``sequence_mean`` and ``constant_normalizer`` (T is the same padded length
+    in every part of one batch)."""
+    if aggregation == "token_mean":
+        return int(mask.sum().item())
+    if aggregation in ("sequence_mean", "constant_normalizer"):
+        return mask.shape[0]
+    raise ValueError(f"unknown aggregation {aggregation!r}")
+
+
 def micro_batch_weight(
     micro_mask: torch.Tensor,  # [n, T] bool, rows of one micro-batch
     batch_mask: torch.Tensor,  # [N, T] bool, the whole (mini)batch it was cut from
     aggregation: Aggregation,
 ) -> float:
     """The factor that makes gradient accumulation exact: the sum over micro-batches of
-    ``weight * aggregate(micro)`` equals ``aggregate(batch)``.
-
-    ``sequence_mean`` and ``constant_normalizer`` average over rows (T is the same padded
-    length in every micro-batch): weight = n / N. ``token_mean`` averages over counted tokens:
-    weight = tokens(micro) / tokens(batch).
+    ``weight * aggregate(micro)`` equals ``aggregate(batch)``; weight = n / N over rows,
+    tokens(micro) / tokens(batch) for ``token_mean``.
     """
-    if aggregation == "token_mean":
-        return micro_mask.sum().item() / max(1, batch_mask.sum().item())
-    if aggregation in ("sequence_mean", "constant_normalizer"):
-        return micro_mask.shape[0] / batch_mask.shape[0]
-    raise ValueError(f"unknown aggregation {aggregation!r}")
+    return aggregation_count(micro_mask, aggregation) / max(
+        1, aggregation_count(batch_mask, aggregation)
+    )
 
 
 def kl_penalty(
@@ -225,16 +236,19 @@ def explained_variance(
     values: torch.Tensor,  # [N, T] predictions V(s_t)
     returns: torch.Tensor,  # [N, T] targets
     completion_mask: torch.Tensor,  # [N, T] bool
+    across_processes: bool = False,
 ) -> torch.Tensor:  # []
     """``1 - Var(returns - values) / Var(returns)`` over counted tokens: 1 is a perfect value
     function, 0 no better than predicting the mean return, negative worse than that. NaN when
-    the returns do not vary (nothing to explain), as in Stable-Baselines3 and CleanRL."""
+    the returns do not vary (nothing to explain), as in Stable-Baselines3 and CleanRL.
+    ``across_processes``: over every process's counted tokens together."""
+    reduce = all_reduce_sum if across_processes else (lambda t: t)
     weights = completion_mask.to(returns.dtype)
-    count = weights.sum().clamp(min=1)
+    count = reduce(weights.sum()).clamp(min=1)
 
     def variance(x: torch.Tensor) -> torch.Tensor:
-        mean = (x * weights).sum() / count
-        return (((x - mean) ** 2) * weights).sum() / count
+        mean = reduce((x * weights).sum()) / count
+        return reduce((((x - mean) ** 2) * weights).sum()) / count
 
     total = variance(returns)
     if total == 0:

@@ -8,6 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_rl.models.lora import lora_layers
 from lit_rl.modules import PolicyModule
+from lit_rl.strategies import FSDP2Strategy
 
 
 class ReferenceSyncCallback(Callback):
@@ -38,6 +39,12 @@ class ReferenceSyncCallback(Callback):
             raise TypeError(
                 "ReferenceSyncCallback needs a lit_rl PolicyModule (policy + reference), got "
                 f"{type(pl_module).__name__}"
+            )
+        if isinstance(trainer.strategy, FSDP2Strategy):
+            raise ValueError(
+                "ReferenceSyncCallback cannot run under FSDP2Strategy yet: it mixes the policy "
+                "into the reference in place, weight by weight, and sharded weights would need "
+                "gathering; run it with DDPStrategy or one process, or remove the callback"
             )
         if not pl_module.uses_reference:
             raise ValueError(

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.algorithms import masked_mean
+from lit_rl.algorithms import all_reduce_sum
 from lit_rl.experience import (
     EXPERIENCE_KEY,
     Experience,
@@ -47,9 +47,12 @@ class RolloutCallback(Callback):
                 f"lit_rl.experience.ExperienceModule (e.g. lit_rl.modules.GRPOModule); "
                 f"{type(pl_module).__name__} lacks {', '.join(missing)}"
             )
-        self._check_context(trainer, pl_module)
         if self.engine is None:
             self.engine = default_engine(trainer.strategy.root_device)
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After configure_model: the policy exists (setup runs before it is built).
+        self._check_context(trainer, pl_module)
 
     @staticmethod
     def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:
@@ -82,8 +85,13 @@ class RolloutCallback(Callback):
         seconds["total"] = time.perf_counter() - start
         metrics = rollout_metrics(experience, spec, seconds)
         for name, value in metrics.items():
+            # Means over processes: every process samples as many prompts and groups.
             pl_module.log(
-                name, value, batch_size=len(experience), prog_bar=name == "rollout/reward"
+                name,
+                value,
+                batch_size=len(experience),
+                prog_bar=name == "rollout/reward",
+                sync_dist=True,
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -93,6 +101,19 @@ class RolloutCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_rollouts = state_dict["num_rollouts"]
         torch.set_rng_state(state_dict["torch_rng_state"])
+
+
+def global_mean(values: torch.Tensor) -> torch.Tensor:  # [n] -> []
+    """The mean of ``values`` of every process together (one process: ``mean()``)."""
+    sums = all_reduce_sum(torch.stack([values.new_tensor(len(values)), values.sum()]))
+    return sums[1] / sums[0]
+
+
+def global_std(values: torch.Tensor) -> torch.Tensor:  # [n] -> []
+    """The sample std of ``values`` of every process together (one process: ``std()``)."""
+    sums = all_reduce_sum(torch.stack([values.new_tensor(len(values)), values.sum()]))
+    mean = sums[1] / sums[0]
+    return (all_reduce_sum(((values - mean) ** 2).sum()) / (sums[0] - 1)).sqrt()
 
 
 def rollout_metrics(
@@ -115,7 +136,7 @@ def rollout_metrics(
         "rollout/zero_std_fraction": (group_std == 0).float().mean(),
         "rollout/completion_len": mask.sum(1).float().mean(),
         "rollout/truncated_fraction": truncated.float().mean(),
-        "rollout/advantage_std": experience.advantages[mask].std(),
+        "rollout/advantage_std": global_std(experience.advantages[mask]),
         **{f"rollout/reward/{k}": v.mean() for k, v in experience.reward_components.items()},
         **{f"rollout/{phase}_time": torch.tensor(s) for phase, s in seconds.items()},
     }
@@ -126,7 +147,7 @@ def rollout_metrics(
         # The engine's logprobs against the trainer's, under the same weights: numerical
         # noise (bf16) only; a drift means the engine samples another policy.
         gap = (experience.sampler_logprobs - experience.old_logprobs).abs()
-        metrics["rollout/sampler_logprob_diff"] = masked_mean(gap, mask)
+        metrics["rollout/sampler_logprob_diff"] = global_mean(gap[mask])
     if experience.values is not None:
-        metrics["rollout/values"] = masked_mean(experience.values, mask)
+        metrics["rollout/values"] = global_mean(experience.values[mask])
     return {name: value.float() for name, value in metrics.items()}

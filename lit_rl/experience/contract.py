@@ -1,5 +1,6 @@
 """The typed contract between the experience pipeline and the LightningModule it serves."""
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -9,6 +10,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from lit_rl.algorithms import KLEstimator
 from lit_rl.experience.estimators import AdvantageEstimator
+from lit_rl.models import Sequences
 from lit_rl.rewards import RewardOutput
 from lit_rl.rollout import SamplingParams
 
@@ -46,10 +48,12 @@ class TokenScores:
 class ExperienceModule(Protocol):
     """What the pipeline needs from a LightningModule (``lit_rl.modules.PolicyModule``)."""
 
-    policy: nn.Module  # the model the engine samples from
+    policy: nn.Module  # the policy network (its config: context length)
     tokenizer: PreTrainedTokenizerBase
 
     def experience_spec(self) -> ExperienceSpec: ...
+
+    def sampling_policy(self) -> AbstractContextManager[nn.Module]: ...  # full weights in place
 
     def decode_completions(
         self, completion_ids: torch.Tensor
@@ -59,9 +63,7 @@ class ExperienceModule(Protocol):
         self, prompts: list[str], completions: list[str], batch: dict[str, list[Any]], where: str
     ) -> RewardOutput: ...
 
-    def score_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int
-    ) -> TokenScores: ...
+    def score_tokens(self, sequences: Sequences) -> TokenScores: ...
 
 
 def missing_experience_members(module: object) -> list[str]:
@@ -77,4 +79,6 @@ def missing_experience_members(module: object) -> list[str]:
         for name, value in vars(ExperienceModule).items()
         if callable(value) and not name.startswith("_")
     ]
-    return [name for name in members if not hasattr(module, name)]
+    # The class first: a property (the policy, built in configure_model) may not be readable
+    # yet when a callback checks the contract in setup.
+    return [name for name in members if not (hasattr(type(module), name) or hasattr(module, name))]

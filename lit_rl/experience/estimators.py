@@ -99,7 +99,8 @@ class GAE(AdvantageEstimator):
         gamma: discount per token.
         lam: GAE's lambda; 1 = Monte-Carlo returns minus values, 0 = one-step TD errors.
         whiten_advantages: normalize advantages to zero mean and unit variance over the
-            batch's counted tokens (after computing returns, as PPO implementations do).
+            batch's counted tokens, every process's together (after computing returns, as
+            PPO implementations do).
     """
 
     needs_values = True
@@ -118,5 +119,6 @@ class GAE(AdvantageEstimator):
             inputs.token_rewards, inputs.values, inputs.completion_mask, self.gamma, self.lam
         )
         if self.whiten_advantages:
-            advantages = whiten(advantages, inputs.completion_mask) * inputs.completion_mask
+            mask = inputs.completion_mask
+            advantages = whiten(advantages, mask, across_processes=True) * mask
         return advantages, returns

@@ -4,6 +4,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from lit_rl.models import Sequences
+
 
 @dataclass
 class Experience:
@@ -40,6 +42,10 @@ class Experience:
     @property
     def num_completion_tokens(self) -> int:
         return self.completion_mask.shape[1]
+
+    @property
+    def sequences(self) -> Sequences:
+        return Sequences(self.input_ids, self.attention_mask, self.num_completion_tokens)
 
     def select(self, rows: torch.Tensor) -> "Experience":
         """The rows ``rows`` ([n] long) of every field, in that order."""

@@ -10,6 +10,7 @@ from lit_rl.experience.contract import ExperienceModule
 from lit_rl.experience.estimators import AdvantageInputs
 from lit_rl.experience.experience import Experience
 from lit_rl.experience.steps import token_step_ends
+from lit_rl.models import Sequences
 from lit_rl.rollout import RolloutEngine
 
 PromptBatch = dict[str, Any]  # input_ids/attention_mask [B, P] (left padded), fields: B-lists
@@ -31,15 +32,16 @@ def make_experience(
 
     # 1. Generate G completions per prompt (prompt-major rows).
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-    generation = engine.generate(
-        module.policy,
-        prompt_ids,
-        prompt_mask,
-        group_size,
-        spec.sampling,
-        spec.pad_token_id,
-        list(spec.eos_token_ids),
-    )
+    with module.sampling_policy() as policy:
+        generation = engine.generate(
+            policy,
+            prompt_ids,
+            prompt_mask,
+            group_size,
+            spec.sampling,
+            spec.pad_token_id,
+            list(spec.eos_token_ids),
+        )
     completion_ids = generation.completion_ids
     completion_mask, completions = module.decode_completions(completion_ids)
     seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
@@ -67,7 +69,7 @@ def make_experience(
     attention_mask = torch.cat(
         [prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1
     )
-    scores = module.score_tokens(input_ids, attention_mask, completion_ids.shape[1])
+    scores = module.score_tokens(Sequences(input_ids, attention_mask, completion_ids.shape[1]))
     seconds["logprobs"], start = time.perf_counter() - start, time.perf_counter()
 
     # 4. Shaping: the outcome on the last token, the KL to the reference folded in if asked.

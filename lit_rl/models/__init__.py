@@ -1,7 +1,7 @@
 """Model loading (embedded default, local directory, hub id), LoRA, reference, value model."""
 
 from lit_rl.models.checkpointing import arm_checkpointed_layers, enable_activation_checkpointing
-from lit_rl.models.dtype import DType, DTypeChoice, choose_dtype, resolve_dtype
+from lit_rl.models.dtype import DType, DTypeChoice, choose_dtype, fast_bf16, resolve_dtype
 from lit_rl.models.export import save_policy
 from lit_rl.models.loader import (
     EMBEDDED_ALIASES,
@@ -11,7 +11,9 @@ from lit_rl.models.loader import (
     resolve_model_path,
 )
 from lit_rl.models.lora import apply_lora, lora_config_dict, merged_state_dict
+from lit_rl.models.policy_models import ModelRecipe, PolicyModels, completion_logprobs
 from lit_rl.models.reference import frozen_copy, reference_model
+from lit_rl.models.sequences import Sequences, position_ids_from_mask
 from lit_rl.models.value_head import (
     VALUE_ADAPTER,
     ValueModel,
@@ -24,6 +26,9 @@ __all__ = [
     "EMBEDDED_ALIASES",
     "DType",
     "DTypeChoice",
+    "ModelRecipe",
+    "PolicyModels",
+    "Sequences",
     "VALUE_ADAPTER",
     "ValueModel",
     "adapter_values",
@@ -31,13 +36,16 @@ __all__ = [
     "apply_lora",
     "arm_checkpointed_layers",
     "choose_dtype",
+    "completion_logprobs",
     "embedded_model_dir",
     "enable_activation_checkpointing",
+    "fast_bf16",
     "frozen_copy",
     "load_model",
     "load_tokenizer",
     "lora_config_dict",
     "merged_state_dict",
+    "position_ids_from_mask",
     "reference_model",
     "resolve_dtype",
     "resolve_model_path",

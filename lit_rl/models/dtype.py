@@ -85,3 +85,10 @@ def resolve_dtype(requested: DType, trains_weights: bool = False) -> DTypeChoice
         cuda_bf16=on_cuda and torch.cuda.is_bf16_supported(),
         trains_weights=trains_weights,
     )
+
+
+def fast_bf16(device_type: str) -> bool:
+    """Whether this machine's ``device_type`` ("cpu" or "cuda") computes bf16 matmuls fast."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return any(flag in cpu_flags() for flag in FAST_BF16_CPU_FLAGS)

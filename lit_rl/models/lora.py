@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
 from transformers import PreTrainedModel
 
@@ -33,27 +34,45 @@ def lora_layers(model: PeftModel) -> list[LoraLayer]:
 
 
 @torch.no_grad()
-def merged_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
-    """The base model's state dict with every active adapter's delta added, in plain names.
+def merged_state_dict(
+    model: PeftModel, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The base model's state dict with every active adapter's delta ``scaling * B A`` added,
+    in plain names (``...q_proj.weight``), from ``state``: the PeftModel's full state dict
+    (gathered from the shards under FSDP2), or its own ``state_dict()`` when ``None``.
 
     Unlike ``merge_and_unload`` this leaves ``model`` untouched (training goes on), at the
     cost of one copy of the weights. Floating-point tensors come out in at least float32: a
     LoRA delta is far smaller than the bf16 rounding step of the weight it is added to, so
     merging in bf16 would throw most of the training away.
     """
-    base = model.get_base_model()
-    deltas = {}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            weight = _at_least_float32(module.get_base_layer().weight)
-            delta = sum(module.get_delta_weight(a) for a in module.active_adapters)
-            deltas[f"{name}.base_layer.weight"] = weight + delta.to(weight.dtype)
-    state = {}
-    for key, value in base.state_dict().items():
+    state = model.state_dict() if state is None else state
+    prefix = "base_model.model."
+    merged = {}
+    for name, module in model.get_base_model().named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        key = f"{prefix}{name}"
+        weight = _at_least_float32(state[f"{key}.base_layer.weight"])
+        for adapter in module.active_adapters:
+            if not isinstance(module, LoraLinear) or module.use_dora.get(adapter, False):
+                raise ValueError(
+                    f"cannot merge adapter '{adapter}' of {name} ({type(module).__name__}"
+                    f"{', DoRA' if module.use_dora.get(adapter, False) else ''}): only plain "
+                    "LoRA on linear layers merges; save the adapter alone instead"
+                )
+            a = state[f"{key}.lora_A.{adapter}.weight"].to(weight.dtype)
+            b = state[f"{key}.lora_B.{adapter}.weight"].to(weight.dtype)
+            delta = (b @ a) * module.scaling[adapter]
+            weight = weight + (delta.T if module.fan_in_fan_out else delta)
+        merged[f"{key}.base_layer.weight"] = weight
+    plain = {}
+    for key, value in state.items():
         if ".lora_" in key:
             continue
-        state[key.replace(".base_layer.", ".")] = deltas.get(key, _at_least_float32(value))
-    return state
+        plain_key = key.removeprefix(prefix).replace(".base_layer.", ".")
+        plain[plain_key] = merged.get(key, _at_least_float32(value))
+    return plain
 
 
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:

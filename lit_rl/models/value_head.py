@@ -107,16 +107,19 @@ def adapter_values(
     position_ids: torch.Tensor,  # [N, L]
 ) -> torch.Tensor:  # [N, L] float32
     """``V(s_t)`` at every position from the backbone under the value adapter: the decoder's
-    final hidden states (no vocabulary projection) through ``head``."""
+    final hidden states (after the last norm) through ``head``.
+
+    The forward runs through the model's root, not its decoder alone, so that a sharding
+    wrapper on the root (FSDP2 keeps the tied embeddings there) gathers what it holds; only
+    one position is projected to the vocabulary.
+    """
     with value_adapter_active(policy):
-        hidden = (
-            policy.get_base_model()
-            .get_decoder()(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                use_cache=False,
-            )
-            .last_hidden_state
-        )
+        hidden = policy(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        ).hidden_states[-1]
     return head(hidden.to(head.weight.dtype)).squeeze(-1).float()

@@ -1,18 +1,21 @@
-"""PolicyModule: what every RL LightningModule shares (policy, reference, reward, optimizer,
-log-probabilities, the update loop over one Experience, greedy evaluation). Algorithms subclass
-it and add their advantage estimator and loss."""
+"""PolicyModule: what every RL LightningModule shares (the models, the reward, the optimizer,
+the update loop over one Experience, greedy evaluation). Algorithms subclass it and add their
+advantage estimator and loss; the networks live in ``lit_rl.models.PolicyModels``, built in
+``configure_model``."""
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig
 from torch import nn
 
-from lit_rl.algorithms import Aggregation, micro_batch_weight, token_logprobs_with_entropy
+from lit_rl.algorithms import Aggregation, aggregation_count, micro_batch_weight
 from lit_rl.experience import (
     EXPERIENCE_KEY,
     AdvantageEstimator,
@@ -22,14 +25,12 @@ from lit_rl.experience import (
 )
 from lit_rl.models import (
     DType,
-    apply_lora,
+    ModelRecipe,
+    PolicyModels,
+    Sequences,
     arm_checkpointed_layers,
-    enable_activation_checkpointing,
-    frozen_copy,
-    load_model,
     load_tokenizer,
     lora_config_dict,
-    reference_model,
     resolve_dtype,
 )
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
@@ -38,7 +39,13 @@ from lit_rl.rollout import (
     SamplingParams,
     completion_mask_from_eos,
     default_engine,
-    position_ids_from_mask,
+)
+from lit_rl.strategies import (
+    FSDP2Strategy,
+    clip_grad_norm_,
+    gathered_weights,
+    optimizer_state_by_name,
+    optimizer_state_by_position,
 )
 
 
@@ -48,7 +55,10 @@ class PolicyModule(LightningModule):
 
     Training uses manual optimisation: one Experience feeds ``update_epochs`` x
     ``num_mini_batches`` optimizer steps, which Lightning's one-batch-one-step loop cannot
-    express. ``trainer.global_step`` counts optimizer steps.
+    express. ``trainer.global_step`` counts optimizer steps. The models are built in
+    ``configure_model`` (the Trainer calls it; call it yourself to use a module alone), where
+    ``lit_rl.strategies.FSDP2Strategy`` shards them; on several processes each one trains
+    on its own prompts and every quantity defined over the batch is reduced across them.
 
     Args:
         reward: scores completions; any ``lit_rl.rewards.Reward`` by ``class_path``.
@@ -129,31 +139,72 @@ class PolicyModule(LightningModule):
         self.automatic_optimization = False
         self.reward = reward
         self.tokenizer = load_tokenizer(model)
+        self.lora = lora
         weights_dtype = resolve_dtype(dtype, trains_weights=lora is None)
         rank_zero_info(f"lit_rl: {weights_dtype.name} weights ({weights_dtype.reason})")
-        policy = load_model(model, dtype=weights_dtype.name)
-        self.policy: nn.Module = apply_lora(policy, lora) if lora is not None else policy
-        if activation_checkpointing:
-            enable_activation_checkpointing(self.policy)
-        self.reference: nn.Module | None = None  # see use_reference()
-        self.uses_reference = False
+        self.uses_reference = False  # see use_reference()
+        self.critic: str | None = None  # "adapter" or a model name; set by algorithms
+        self.models: PolicyModels | None = None  # built in configure_model
         self.num_generations = num_generations
         self.num_mini_batches = num_mini_batches
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.sampling = SamplingParams(max_completion_length, temperature, top_p, do_sample=True)
-        self.eos_token_ids = self._eos_token_ids()
+        self.eos_token_ids: list[int] = []  # the tokenizer's and the model's; configure_model
         # Minibatch shuffling has its own RNG (in checkpoints), so it never shifts sampling.
         self.shuffle_generator = torch.Generator().manual_seed(0)
         # Greedy completions in validation; default_engine(device) unless set before fit.
         self.evaluation_engine: RolloutEngine | None = None
 
     def use_reference(self) -> None:
-        """Give the algorithm a reference policy pi_ref. With LoRA it is the policy with its
-        adapters off (no copy); otherwise a frozen copy, registered as a submodule so
-        checkpoints keep it (``ReferenceSyncCallback`` changes it)."""
+        """Give the algorithm a reference policy pi_ref: with LoRA the policy with its adapters
+        off (no copy), otherwise a frozen copy (``ReferenceSyncCallback`` changes it)."""
         self.uses_reference = True
-        if not isinstance(self.policy, PeftModel):
-            self.reference = frozen_copy(self.policy)
+
+    def model_recipe(self) -> ModelRecipe:
+        return ModelRecipe(
+            model=self.hparams.model,
+            lora=self.lora,
+            dtype=self.hparams.dtype,
+            activation_checkpointing=self.hparams.activation_checkpointing,
+            reference=self.uses_reference,
+            critic=self.critic,
+        )
+
+    def configure_model(self) -> None:
+        """Build the models (once), and shard them when the strategy is FSDP2."""
+        if self.models is not None:
+            return
+        # device_mesh is set by ModelParallelStrategy (and so FSDP2Strategy) alone.
+        strategy = self.trainer.strategy if self.device_mesh is not None else None
+        if isinstance(strategy, ModelParallelStrategy) and not isinstance(strategy, FSDP2Strategy):
+            raise ValueError(
+                "lit_rl shards its models with lit_rl.strategies.FSDP2Strategy (FSDP2 over all "
+                "processes); a plain ModelParallelStrategy leaves the parallel plan to the "
+                "module. Set trainer.strategy to lit_rl.strategies.FSDP2Strategy"
+            )
+        models = PolicyModels.build(self.model_recipe())
+        self.eos_token_ids = models.eos_token_ids(self.tokenizer.eos_token_id)
+        if isinstance(strategy, FSDP2Strategy):
+            strategy.parallelize(models)
+        self.models = models
+
+    @property
+    def policy(self) -> nn.Module:
+        """The policy network (``PeftModel`` under LoRA)."""
+        return self._built_models().policy
+
+    @property
+    def reference(self) -> nn.Module | None:
+        """The frozen reference copy of full fine-tuning; ``None`` with LoRA (adapters off)."""
+        return self._built_models().reference
+
+    def _built_models(self) -> PolicyModels:
+        if self.models is None:
+            raise RuntimeError(
+                f"{type(self).__name__}'s models are built in configure_model, which the "
+                "Trainer calls at fit/validate; call module.configure_model() to use it alone"
+            )
+        return self.models
 
     # ---- what an algorithm sets in its __init__ and defines ------------------------------
 
@@ -162,17 +213,12 @@ class PolicyModule(LightningModule):
     loss_aggregation: Aggregation  # how the loss reduces over tokens: weighs accumulation
 
     def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
-        """Backward ``weight`` x the loss of one micro-batch; return its scalar statistics."""
+        """Backward ``weight`` x the loss of one micro-batch; return its scalar statistics:
+        losses (``loss``, ``*_loss``) as the loss aggregates, every other one a mean over the
+        micro-batch's counted tokens (they are averaged over a minibatch accordingly)."""
         raise NotImplementedError
 
     # ---- the ExperienceModule contract the rollout callback drives ------------------------
-
-    def train(self, mode: bool = True) -> "PolicyModule":
-        super().train(mode)
-        # The policy never runs dropout: pi_old, pi and pi_ref must score the same tokens with
-        # the same function, or the ratio and the KL measure noise.
-        self.policy.eval()
-        return self
 
     def setup(self, stage: str) -> None:
         if self.evaluation_engine is None:
@@ -180,8 +226,8 @@ class PolicyModule(LightningModule):
 
     def on_fit_start(self) -> None:
         # Lightning keeps the modes modules were built in (it never calls train() at fit
-        # start), and peft builds LoRA dropout in training mode: set the modes here, once every
-        # module (a PPO critic's adapter included) exists.
+        # start), and peft builds LoRA dropout in training mode; PolicyModels.train keeps
+        # every network in eval mode (no dropout).
         self.train()
 
     @property
@@ -207,22 +253,18 @@ class PolicyModule(LightningModule):
         return check_reward_output(output, self.reward, len(completions), where)
 
     @torch.no_grad()
-    def score_tokens(
-        self,
-        input_ids: torch.Tensor,  # [N, P+T]
-        attention_mask: torch.Tensor,  # [N, P+T]
-        num_completion_tokens: int,
-    ) -> TokenScores:
-        old = None
-        if self.needs_old_logprobs:
-            old = self.sequence_logprobs(
-                self.policy, input_ids, attention_mask, num_completion_tokens
-            )[0]
+    def score_tokens(self, sequences: Sequences) -> TokenScores:
+        old = self.policy_logprobs(sequences)[0] if self.needs_old_logprobs else None
         return TokenScores(
-            old_logprobs=old,
-            ref_logprobs=self.reference_logprobs(input_ids, attention_mask, num_completion_tokens),
-            values=None,
+            old_logprobs=old, ref_logprobs=self.reference_logprobs(sequences), values=None
         )
+
+    @contextmanager
+    def sampling_policy(self) -> Iterator[nn.Module]:
+        """The policy with its full weights in place for an engine (gathered once under
+        FSDP2, not per token)."""
+        with gathered_weights(self.policy) as policy:
+            yield policy
 
     def decode_completions(
         self,
@@ -235,73 +277,19 @@ class PolicyModule(LightningModule):
         )
         return mask, texts
 
-    def _eos_token_ids(self) -> list[int]:
-        ids = {self.tokenizer.eos_token_id}
-        generation_eos = getattr(
-            getattr(self.policy, "generation_config", None), "eos_token_id", None
-        )
-        ids |= set(generation_eos) if isinstance(generation_eos, list) else {generation_eos}
-        return sorted(i for i in ids if i is not None)
-
     # ---- log-probabilities ----------------------------------------------------------------
 
-    def completion_logits(
-        self,
-        model: nn.Module,
-        input_ids: torch.Tensor,  # [N, P+T]
-        attention_mask: torch.Tensor,  # [N, P+T]
-        num_completion_tokens: int,
-    ) -> torch.Tensor:  # [N, T, V]
-        """Logits predicting each completion token; only the last T+1 positions are projected
-        to the vocabulary (``logits_to_keep``), the prompt's are never computed."""
-        output = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids_from_mask(attention_mask),
-            logits_to_keep=num_completion_tokens + 1,
-            use_cache=False,
-        )
-        return output.logits[:, :-1]
-
-    def sequence_logprobs(
-        self,
-        model: nn.Module,
-        input_ids: torch.Tensor,  # [N, P+T]
-        attention_mask: torch.Tensor,  # [N, P+T]
-        num_completion_tokens: int,
-        with_entropy: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, T], [N, T] or None)
-        """Per-token logprobs of the last ``num_completion_tokens`` tokens under ``model`` (and
-        the entropy of its token distributions when asked)."""
-        logits = self.completion_logits(model, input_ids, attention_mask, num_completion_tokens)
-        labels = input_ids[:, -num_completion_tokens:]
-        temperature, chunk = self.sampling.temperature, self.hparams.logprob_chunk_size
-        return token_logprobs_with_entropy(logits, labels, temperature, chunk, with_entropy)
-
     def policy_logprobs(
-        self, experience: Experience, with_entropy: bool = False
+        self, sequences: Sequences, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:  # ([N, T], [N, T] or None)
-        return self.sequence_logprobs(
-            self.policy,
-            experience.input_ids,
-            experience.attention_mask,
-            experience.num_completion_tokens,
-            with_entropy,
+        return self._built_models().policy_logprobs(
+            sequences, self.sampling.temperature, self.hparams.logprob_chunk_size, with_entropy
         )
 
-    @torch.no_grad()
-    def reference_logprobs(
-        self,
-        input_ids: torch.Tensor,  # [N, P+T]
-        attention_mask: torch.Tensor,  # [N, P+T]
-        num_completion_tokens: int,
-    ) -> torch.Tensor | None:  # [N, T]
-        if not self.uses_reference:
-            return None
-        with reference_model(self.policy, self.reference) as reference:
-            return self.sequence_logprobs(
-                reference, input_ids, attention_mask, num_completion_tokens
-            )[0]
+    def reference_logprobs(self, sequences: Sequences) -> torch.Tensor | None:  # [N, T]
+        return self._built_models().reference_logprobs(
+            sequences, self.sampling.temperature, self.hparams.logprob_chunk_size
+        )
 
     # ---- optimisation over one Experience -------------------------------------------------
 
@@ -328,31 +316,59 @@ class PolicyModule(LightningModule):
         for _ in range(self.update_epochs):
             for minibatch in experience.minibatches(self.num_mini_batches, generator):
                 self.optimizers().zero_grad(set_to_none=True)
+                loss_share, token_share = self.process_shares(minibatch)
                 for micro in minibatch.split(min(self.gradient_accumulation_steps, len(minibatch))):
-                    weight = micro_batch_weight(
+                    weight = loss_share * micro_batch_weight(
                         micro.completion_mask, minibatch.completion_mask, self.loss_aggregation
                     )
+                    token_weight = token_share * micro_batch_weight(
+                        micro.completion_mask, minibatch.completion_mask, "token_mean"
+                    )
                     for name, value in self.accumulate_gradients(micro, weight).items():
-                        totals[name] += weight * float(value)
+                        is_loss = name == "loss" or name.endswith("_loss")
+                        totals[name] += (weight if is_loss else token_weight) * float(value)
                 totals["grad_norm"] += float(self.step_optimizer())
                 num_steps += 1
-        # Logged once per Experience: each metric averaged over its optimizer steps.
+        # Logged once per Experience: each metric averaged over its optimizer steps, and over
+        # processes weighted by their shares, which gives the global minibatch's value.
         for name, total in totals.items():
             self.log(
                 f"train/{name}",
                 total / num_steps,
                 batch_size=len(experience),
                 prog_bar=name == "kl",
+                sync_dist=True,
             )
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=len(experience))
         self.on_experience_used(experience)
+
+    def process_shares(self, minibatch: Experience) -> tuple[float, float]:
+        """This process's share of the global minibatch (every process's together), times
+        the number of processes: in the loss aggregation's unit (rows or tokens) and in
+        counted tokens.
+
+        DDP and FSDP average gradients over processes; weighting each process's loss by its
+        share makes that average the gradient of the global minibatch's loss (a token mean
+        over every process's tokens, not a mean of per-process token means). Statistics that
+        are token means (KL, entropy, clip fractions) are weighted by the token share the
+        same way. Both are 1.0 on one process.
+        """
+        world_size = self.trainer.world_size
+        if world_size == 1:
+            return 1.0, 1.0
+        mask = minibatch.completion_mask
+        counts = [aggregation_count(mask, self.loss_aggregation), int(mask.sum())]
+        local = torch.tensor(counts, dtype=torch.float64, device=self.device)
+        total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")
+        shares = world_size * local / total.clamp(min=1)
+        return float(shares[0]), float(shares[1])
 
     def on_experience_used(self, experience: Experience) -> None:
         """Called after the updates on ``experience`` (PPO adapts its KL coefficient here)."""
 
     def trainable_parameter_groups(self) -> list[dict[str, Any]]:
         """AdamW parameter groups; a group without ``lr`` uses ``learning_rate``."""
-        return [{"params": [p for p in self.policy.parameters() if p.requires_grad]}]
+        return [{"params": self._built_models().policy_parameters()}]
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(
@@ -372,40 +388,57 @@ class PolicyModule(LightningModule):
         """Clip the accumulated gradients, step the optimizer and the schedule; returns the
         gradient norm before clipping."""
         optimizer = self.optimizers()
-        params = [
-            p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-        ]
-        max_norm = self.hparams.max_grad_norm or float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        grad_norm = clip_grad_norm_(params, self.hparams.max_grad_norm)
         optimizer.step()
         self.lr_schedulers().step()
         return grad_norm
 
+    def optimizer_parameter_names(self) -> list[str]:
+        """The names of the optimizer's parameters, in its order."""
+        names = {id(p): name for name, p in self.named_parameters()}
+        return [
+            names[id(p)] for group in self.trainable_parameter_groups() for p in group["params"]
+        ]
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["shuffle_generator"] = self.shuffle_generator.get_state()
+        # By name, so that the checkpoint resumes at another number of processes.
+        names = self.optimizer_parameter_names()
+        checkpoint["optimizer_states"] = [
+            optimizer_state_by_name(state, names)
+            for state in checkpoint.get("optimizer_states", [])
+        ]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "shuffle_generator" in checkpoint:
             self.shuffle_generator.set_state(checkpoint["shuffle_generator"])
+        # One process (or DDP) loads by position; FSDP2 loads optimizer states itself.
+        names = self.optimizer_parameter_names()
+        checkpoint["optimizer_states"] = [
+            optimizer_state_by_position(state, names)
+            for state in checkpoint.get("optimizer_states", [])
+        ]
 
     # ---- evaluation: greedy completions on held-out prompts -------------------------------
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         greedy = SamplingParams(self.sampling.max_new_tokens, do_sample=False)
-        completion_ids = self.evaluation_engine.generate(
-            self.policy,
-            batch["input_ids"],
-            batch["attention_mask"],
-            1,
-            greedy,
-            self.tokenizer.pad_token_id,
-            self.eos_token_ids,
-        ).completion_ids
+        with self.sampling_policy() as policy:
+            completion_ids = self.evaluation_engine.generate(
+                policy,
+                batch["input_ids"],
+                batch["attention_mask"],
+                1,
+                greedy,
+                self.tokenizer.pad_token_id,
+                self.eos_token_ids,
+            ).completion_ids
         mask, completions = self.decode_completions(completion_ids)
         fields = {k: v for k, v in batch.items() if isinstance(v, list)}
         output = self.score(batch["prompt"], completions, fields, f"validation batch {batch_idx}")
         size = len(completions)
-        self.log("val/reward", output.total.mean(), batch_size=size, prog_bar=True)
+        self.log("val/reward", output.total.mean(), batch_size=size, prog_bar=True, sync_dist=True)
         for name, values in output.components.items():
-            self.log(f"val/reward/{name}", values.mean(), batch_size=size)
-        self.log("val/completion_len", mask.sum(1).float().mean(), batch_size=size)
+            self.log(f"val/reward/{name}", values.mean(), batch_size=size, sync_dist=True)
+        self.log("val/completion_len", mask.sum(1).float().mean(), batch_size=size, sync_dist=True)

@@ -74,7 +74,7 @@ class GRPOModule(PolicyModule):
             self.use_reference()
 
     def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
-        logprobs, entropy = self.policy_logprobs(micro, with_entropy=True)
+        logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         loss, stats = grpo_loss(
             logprobs,

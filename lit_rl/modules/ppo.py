@@ -5,8 +5,6 @@ import dataclasses
 from typing import Any
 
 import torch
-from peft import PeftModel
-from torch import nn
 
 from lit_rl.algorithms import (
     AdaptiveKLController,
@@ -17,15 +15,8 @@ from lit_rl.algorithms import (
     value_loss,
 )
 from lit_rl.experience import GAE, AdvantageEstimator, Experience, ExperienceSpec, TokenScores
-from lit_rl.models import (
-    ValueModel,
-    adapter_values,
-    add_value_adapter,
-    resolve_dtype,
-    value_adapter_parameters,
-)
+from lit_rl.models import Sequences
 from lit_rl.modules.base import PolicyModule
-from lit_rl.rollout import position_ids_from_mask
 
 
 class PPOModule(PolicyModule):
@@ -117,61 +108,25 @@ class PPOModule(PolicyModule):
         if kl_coef > 0:
             self.use_reference()
         self.value_learning_rate = value_learning_rate
-        if value_model is not None:
-            dtype = resolve_dtype(self.hparams.dtype, trains_weights=True)
-            self.value_model: ValueModel | None = ValueModel.from_pretrained(
-                value_model, dtype.name
-            )
-            self.value_head: nn.Linear | None = None
-        elif isinstance(self.policy, PeftModel):
-            self.value_model = None
-            self.value_head = add_value_adapter(self.policy)
-        else:
+        if value_model is None and self.lora is None:
             raise ValueError(
                 "PPOModule's critic is a value adapter on the policy's backbone, which needs "
                 "LoRA: set lora, or name a separate value_model (a model name or directory)"
             )
-
-    def train(self, mode: bool = True) -> "PPOModule":
-        super().train(mode)
-        if self.value_model is not None:
-            self.value_model.eval()  # the critic, like the policy, runs without dropout
-        return self
+        self.critic = "adapter" if value_model is None else value_model
 
     # ---- the critic ------------------------------------------------------------------------
 
-    def completion_values(
-        self,
-        input_ids: torch.Tensor,  # [N, P+T]
-        attention_mask: torch.Tensor,  # [N, P+T]
-        num_completion_tokens: int,
-    ) -> torch.Tensor:  # [N, T] float32
-        """``V(s_t)``: the value of the state before completion token t, read at the position
-        whose logits predict token t (the last prompt token for t = 0)."""
-        position_ids = position_ids_from_mask(attention_mask)
-        if self.value_model is not None:
-            values = self.value_model(input_ids, attention_mask, position_ids)
-        else:
-            values = adapter_values(
-                self.policy, self.value_head, input_ids, attention_mask, position_ids
-            )
-        return values[:, -(num_completion_tokens + 1) : -1]
-
-    def critic_parameters(self) -> list[nn.Parameter]:
-        if self.value_model is not None:
-            return list(self.value_model.parameters())
-        return [*value_adapter_parameters(self.policy), *self.value_head.parameters()]
+    def completion_values(self, sequences: Sequences) -> torch.Tensor:  # [N, T] float32
+        """``V(s_t)`` before each completion token (``PolicyModels.values``)."""
+        return self._built_models().values(sequences)
 
     def trainable_parameter_groups(self) -> list[dict[str, Any]]:
-        critic = self.critic_parameters()
-        critic_ids = {id(p) for p in critic}
-        policy = [
-            p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids
-        ]
-        value_group: dict[str, Any] = {"params": critic}
+        models = self._built_models()
+        value_group: dict[str, Any] = {"params": models.critic_parameters()}
         if self.value_learning_rate is not None:
             value_group["lr"] = self.value_learning_rate
-        return [{"params": policy}, value_group]
+        return [{"params": models.policy_parameters()}, value_group]
 
     # ---- the ExperienceModule contract ------------------------------------------------------
 
@@ -188,18 +143,15 @@ class PPOModule(PolicyModule):
         )
 
     @torch.no_grad()
-    def score_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion_tokens: int
-    ) -> TokenScores:
-        scores = super().score_tokens(input_ids, attention_mask, num_completion_tokens)
-        values = self.completion_values(input_ids, attention_mask, num_completion_tokens)
-        return dataclasses.replace(scores, values=values)
+    def score_tokens(self, sequences: Sequences) -> TokenScores:
+        scores = super().score_tokens(sequences)
+        return dataclasses.replace(scores, values=self.completion_values(sequences))
 
     # ---- the update ------------------------------------------------------------------------
 
     def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
         mask = micro.completion_mask
-        logprobs, entropy = self.policy_logprobs(micro, with_entropy=True)
+        logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         policy_loss, policy_stats = ppo_policy_loss(
             logprobs, old_logprobs, micro.advantages, mask, self.epsilon, self.epsilon_high
@@ -207,9 +159,7 @@ class PPOModule(PolicyModule):
         # Policy and critic touch disjoint parameters: two backward passes keep only one
         # forward graph alive at a time (peak memory of one pass, not both).
         self.manual_backward(policy_loss * weight)
-        values = self.completion_values(
-            micro.input_ids, micro.attention_mask, micro.num_completion_tokens
-        )
+        values = self.completion_values(micro.sequences)
         critic_loss, value_stats = value_loss(
             values, micro.values, micro.returns, mask, self.cliprange_value
         )
@@ -227,12 +177,15 @@ class PPOModule(PolicyModule):
         mask = experience.completion_mask
         self.log(
             "train/vf_explained_var",
-            explained_variance(experience.values, experience.returns, mask),
+            explained_variance(experience.values, experience.returns, mask, across_processes=True),
             batch_size=len(experience),
         )
         if experience.kl is not None:
-            sequence_kl = (experience.kl * mask).sum(dim=1).mean().item()
-            self.kl_controller.update(sequence_kl, len(experience))
+            # The controller adapts to the KL of the global batch: every process's sequences.
+            kl_sum = torch.stack([(experience.kl * mask).sum(), torch.tensor(len(experience))])
+            kl_sum = self.trainer.strategy.reduce(kl_sum.float(), reduce_op="sum")
+            num_sequences = int(kl_sum[1])
+            self.kl_controller.update(float(kl_sum[0]) / num_sequences, num_sequences)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

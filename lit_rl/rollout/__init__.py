@@ -8,7 +8,6 @@ from lit_rl.rollout.engine import (
     SamplingParams,
     completion_mask_from_eos,
     default_engine,
-    position_ids_from_mask,
 )
 
 __all__ = [
@@ -19,5 +18,4 @@ __all__ = [
     "SamplingParams",
     "completion_mask_from_eos",
     "default_engine",
-    "position_ids_from_mask",
 ]

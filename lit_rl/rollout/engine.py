@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
+from lit_rl.models.sequences import position_ids_from_mask
 from lit_rl.rollout.decoder import PackedDecoder, prefill_mask, unsupported_reason
 from lit_rl.rollout.sampler import sample_tokens
 
@@ -194,12 +195,6 @@ def default_engine(device: torch.device) -> RolloutEngine:
     there (docs/benchmarks.md), a gap not yet explained: ``generate`` until it is.
     """
     return PackedEngine() if torch.device(device).type == "cpu" else HFGenerateEngine()
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:  # [N, L]
-    """Positions that skip left padding: what the engines sample with and what the
-    trainer's forward passes must use to score the same tokens."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def completion_mask_from_eos(

@@ -6,7 +6,7 @@ from lit_rl.callbacks import ReferenceSyncCallback
 from lit_rl.models.lora import lora_layers
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FormatReward
-from tests.conftest import make_rollout
+from tests.conftest import built, make_rollout
 
 
 def _module(tiny_model_dir, lora=True):
@@ -15,8 +15,8 @@ def _module(tiny_model_dir, lora=True):
         if lora
         else None
     )
-    module = GRPOModule(
-        reward=FormatReward(), model=str(tiny_model_dir), dtype="float32", lora=config
+    module = built(
+        GRPOModule(reward=FormatReward(), model=str(tiny_model_dir), dtype="float32", lora=config)
     )
     with torch.no_grad():  # pretend training moved the policy away from the reference
         for name, p in module.policy.named_parameters():
@@ -27,9 +27,8 @@ def _module(tiny_model_dir, lora=True):
 
 def _logprobs(module, rollout):
     with torch.no_grad():
-        return module.policy_logprobs(rollout)[0], module.reference_logprobs(
-            rollout.input_ids, rollout.attention_mask, rollout.num_completion_tokens
-        )
+        sequences = rollout.sequences
+        return module.policy_logprobs(sequences)[0], module.reference_logprobs(sequences)
 
 
 @pytest.mark.parametrize("lora", [True, False])

@@ -62,7 +62,10 @@ def test_rollout_state_round_trips_counter_and_rng(tiny_model_dir):
 def test_callback_refuses_a_module_without_the_rollout_protocol():
     with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule") as err:
         RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")
-    assert "lacks policy, tokenizer, experience_spec, decode_completions, score" in str(err.value)
+    assert (
+        "lacks policy, tokenizer, experience_spec, sampling_policy, decode_completions, score"
+        in str(err.value)
+    )
 
 
 def test_policy_modules_have_every_protocol_member(tiny_model_dir):

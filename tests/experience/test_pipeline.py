@@ -11,7 +11,7 @@ from lit_rl.algorithms import grpo_loss, process_supervised_advantages
 from lit_rl.experience import GAE, ProcessSupervised
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
-from tests.conftest import fit_rollouts, tiny_module_args
+from tests.conftest import built, fit_rollouts, tiny_module_args
 
 
 class ChunkParity:
@@ -86,8 +86,8 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
     assert any(varies), "process advantages should differ between tokens of a completion"
     # The loss of the first step is grpo_loss on those per-token advantages.
     fresh = _module(tiny_model_dir, reward=ChunkParity(), advantage_estimator=ProcessSupervised())
-    fresh.policy.load_state_dict(capture.weights)
-    logprobs, _ = fresh.policy_logprobs(e)
+    built(fresh).policy.load_state_dict(capture.weights)
+    logprobs, _ = fresh.policy_logprobs(e.sequences)
     loss, _ = grpo_loss(
         logprobs, logprobs.detach(), e.ref_logprobs, e.advantages, e.completion_mask
     )

@@ -9,7 +9,7 @@ from lit_rl.algorithms import group_normalized_advantages, grpo_loss
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from lit_rl.rollout import HFGenerateEngine, PackedEngine
-from tests.conftest import TINY_LORA, fit_rollouts, rollout_trainer, tiny_module_args
+from tests.conftest import TINY_LORA, built, fit_rollouts, rollout_trainer, tiny_module_args
 
 
 class Capture(Callback):
@@ -65,10 +65,10 @@ def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, en
     module = _module(tiny_model_dir)
     trainer = _fit(module, tiny_model_dir, extra_callbacks=[capture], engine=engine)
     # Recompute the loss with the weights the step started from.
-    fresh = _module(tiny_model_dir)
+    fresh = built(_module(tiny_model_dir))
     fresh.policy.load_state_dict(capture.weights)
     r = capture.rollout
-    logprobs, _ = fresh.policy_logprobs(r)
+    logprobs, _ = fresh.policy_logprobs(r.sequences)
     expected, stats = grpo_loss(
         logprobs,
         logprobs.detach(),
@@ -95,10 +95,10 @@ def test_num_iterations_takes_several_steps_on_one_rollout(tiny_model_dir):
         module, tiny_model_dir, steps=2, extra_callbacks=[capture], engine=PackedEngine()
     )
     assert trainer.global_step == 2 and capture.rollout.old_logprobs is not None
-    fresh = _module(tiny_model_dir)
+    fresh = built(_module(tiny_model_dir))
     fresh.policy.load_state_dict(capture.weights)
     with torch.no_grad():
-        expected, _ = fresh.policy_logprobs(capture.rollout)
+        expected, _ = fresh.policy_logprobs(capture.rollout.sequences)
     torch.testing.assert_close(capture.rollout.old_logprobs, expected, rtol=0, atol=1e-6)
     # The packed engine sampled from the same weights: its logprobs are the trainer's.
     mask = capture.rollout.completion_mask
@@ -130,10 +130,10 @@ def test_bad_config_values_are_named(tiny_model_dir, kwargs, message):
 
 
 def test_full_finetune_keeps_a_frozen_reference(tiny_model_dir):
-    module = _module(tiny_model_dir, lora=None)
+    module = built(_module(tiny_model_dir, lora=None))
     assert module.reference is not None
     assert not any(p.requires_grad for p in module.reference.parameters())
-    assert _module(tiny_model_dir, lora=None, beta=0.0).reference is None
+    assert built(_module(tiny_model_dir, lora=None, beta=0.0)).reference is None
 
 
 def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
@@ -147,7 +147,7 @@ def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
 
 
 def test_policy_never_runs_dropout(tiny_model_dir):
-    module = _module(tiny_model_dir)
+    module = built(_module(tiny_model_dir))
     module.train()
     assert module.training and not any(m.training for m in module.policy.modules())
 
@@ -164,7 +164,7 @@ class GradientsAndLayerCalls(Callback):
     def __init__(self):
         self.grads, self.calls, self.dropout_on = None, 0, None
 
-    def setup(self, trainer, pl_module, stage):
+    def on_fit_start(self, trainer, pl_module):
         layer = pl_module.policy.get_base_model().get_decoder().layers[0]
         # A pre-hook: the recompute stops once it has what backward needs, maybe mid-module.
         layer.self_attn.register_forward_pre_hook(self._count)

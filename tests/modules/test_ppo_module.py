@@ -13,7 +13,7 @@ from lit_rl.experience import GroupNormalized
 from lit_rl.models import VALUE_ADAPTER
 from lit_rl.modules import PPOModule
 from lit_rl.rewards import FunctionReward
-from tests.conftest import fit_rollouts, tiny_module_args
+from tests.conftest import built, fit_rollouts, tiny_module_args
 
 
 class Capture(Callback):
@@ -76,8 +76,9 @@ def test_one_step_moves_both_adapters_and_the_head_but_not_the_base(tiny_model_d
     policy_lora = {k for k in changed if ".lora_" in k and ".default." in k}
     value_lora = {k for k in changed if ".lora_" in k and f".{VALUE_ADAPTER}." in k}
     assert policy_lora and value_lora
-    assert {"value_head.weight", "value_head.bias"} <= changed
-    assert changed == policy_lora | value_lora | {"value_head.weight", "value_head.bias"}
+    head = {"models.value_head.weight", "models.value_head.bias"}
+    assert head <= changed
+    assert changed == policy_lora | value_lora | head
 
 
 def test_the_critic_learns_a_prompt_dependent_reward(tiny_model_dir, tmp_path):
@@ -118,19 +119,20 @@ def test_kl_coef_adapts_and_travels_with_the_checkpoint(tiny_model_dir, tmp_path
     assert module.kl_controller.coef != 0.1
     trainer.save_checkpoint(tmp_path / "ppo.ckpt")
     checkpoint = torch.load(tmp_path / "ppo.ckpt", weights_only=True)
-    restored = _module(tiny_model_dir, **settings)
+    restored = built(_module(tiny_model_dir, **settings))
     restored.on_load_checkpoint(checkpoint)
     assert restored.kl_controller.coef == module.kl_controller.coef
 
 
 def test_a_separate_value_model_trains_beside_full_finetuning(tiny_model_dir):
     torch.manual_seed(0)
-    module = _module(tiny_model_dir, lora=None, value_model=str(tiny_model_dir))
-    assert module.value_head is None and module.value_model is not None
-    head_before = module.value_model.head.weight.clone()
+    module = built(_module(tiny_model_dir, lora=None, value_model=str(tiny_model_dir)))
+    models = module.models
+    assert models.value_head is None and models.value_model is not None
+    head_before = models.value_model.head.weight.clone()
     _, capture = _fit(module, tiny_model_dir)
     assert capture.experiences[0].values.shape == capture.experiences[0].completion_mask.shape
-    assert not torch.equal(module.value_model.head.weight, head_before)
+    assert not torch.equal(models.value_model.head.weight, head_before)
 
 
 @pytest.mark.parametrize(

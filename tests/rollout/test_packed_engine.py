@@ -8,8 +8,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from lit_rl.algorithms import token_logprobs_with_entropy
-from lit_rl.models import load_model, load_tokenizer
-from lit_rl.rollout import HFGenerateEngine, PackedEngine, SamplingParams, position_ids_from_mask
+from lit_rl.models import load_model, load_tokenizer, position_ids_from_mask
+from lit_rl.rollout import HFGenerateEngine, PackedEngine, SamplingParams
 from lit_rl.rollout.decoder import (
     PackedDecoder,
     PrepackedWeight,

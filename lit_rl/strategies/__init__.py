@@ -1,0 +1,24 @@
+"""Scale-out through Lightning's own strategies: FSDP2 (``FSDP2Strategy``, a
+``ModelParallelStrategy`` with lit_rl's parallel plan) or ``lightning.pytorch.strategies.
+DDPStrategy``; both on ``torchrun`` or SLURM (docs/scaling.md)."""
+
+from lit_rl.strategies.checkpoint import optimizer_state_by_name, optimizer_state_by_position
+from lit_rl.strategies.fsdp2 import (
+    FSDP2Strategy,
+    full_state_dict,
+    gathered_weights,
+    is_sharded,
+    shard_policy_models,
+)
+from lit_rl.strategies.gradients import clip_grad_norm_
+
+__all__ = [
+    "FSDP2Strategy",
+    "clip_grad_norm_",
+    "full_state_dict",
+    "gathered_weights",
+    "is_sharded",
+    "optimizer_state_by_name",
+    "optimizer_state_by_position",
+    "shard_policy_models",
+]

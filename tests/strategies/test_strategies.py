@@ -1,0 +1,146 @@
+"""The strategy layer on 2 CPU processes (gloo): FSDP2 and DDP train exactly what one process
+trains on the same global batch, checkpoints resume at another world size, and the export
+gathered from shards is the single-process export.
+
+Each multi-process run is ``torch.distributed.run`` over ``tests/strategies/worker.py``; the
+completions are fixed (``FixedEngine``), so sampling is out of the comparison. Tolerances:
+float32 throughout; processes sum gradients in another order than one process does, which
+moves weights by ~1e-6 after two steps (measured 1.0e-6 at most), hence 1e-5.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lit_rl.models import save_policy
+from tests.strategies import worker
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = ("grpo_lora", "ppo_lora", "grpo_full")
+ATOL = 1e-5
+# Fractions of tokens (clip ratios) flip a token where two float roundings tie: 1 in ~80.
+FRACTION_ATOL = 0.02
+
+
+class Runs:
+    """Runs of the worker by name, each made once per test module."""
+
+    def __init__(self, directory: Path, model_dir: Path) -> None:
+        self.directory = directory
+        self.model_dir = model_dir
+
+    def get(
+        self,
+        name: str,
+        strategy: str,
+        processes: int,
+        steps: int,
+        save: bool = False,
+        resume: str | None = None,
+    ) -> Path:
+        out = self.directory / name
+        if out.exists():
+            return out
+        args = [
+            "--cases", ",".join(CASES), "--strategy", strategy, "--devices", str(processes),
+            "--model-dir", str(self.model_dir), "--steps", str(steps), "--out-dir", str(out),
+        ]  # fmt: skip
+        if save:
+            args.append("--save")
+        if resume is not None:
+            args += ["--resume-dir", str(self.directory / resume)]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launcher += ["--nproc-per-node", str(processes)]
+        command = (
+            [sys.executable, "-m", "tests.strategies.worker"]
+            if strategy == "single"
+            else [*launcher, "-m", "tests.strategies.worker"]
+        )
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        result = subprocess.run(
+            [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert result.returncode == 0, f"{name} failed:\n{result.stderr[-4000:]}"
+        return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Runs:
+    return Runs(tmp_path_factory.mktemp("strategies"), tiny_model_dir)
+
+
+def _load(directory: Path, case: str) -> dict:
+    return torch.load(directory / f"{case}.pt", weights_only=False)
+
+
+def _assert_same_run(expected: dict, got: dict, case: str) -> None:
+    assert len(got["metrics"]) == len(expected["metrics"])
+    for step, (want, have) in enumerate(zip(expected["metrics"], got["metrics"], strict=True)):
+        for name, value in want.items():
+            if name.endswith("_time"):
+                continue
+            atol = FRACTION_ATOL if name.endswith("clip_ratio") else ATOL
+            assert have[name] == pytest.approx(value, abs=atol), (case, step, name)
+    assert expected["state"].keys() == got["state"].keys()
+    for key, value in expected["state"].items():
+        torch.testing.assert_close(got["state"][key], value, rtol=0, atol=ATOL, msg=key)
+
+
+def _initial_state(case: str, model_dir: Path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    module = worker.build_module(case, str(model_dir))
+    module.configure_model()
+    return module.models.state_dict()
+
+
+@pytest.mark.parametrize("strategy", ["fsdp2", "ddp"])
+def test_two_processes_train_what_one_process_trains(runs, tiny_model_dir, strategy):
+    single = runs.get("single-2", "single", 1, steps=2)
+    parallel = runs.get(f"{strategy}-2", strategy, 2, steps=2)
+    for case in CASES:
+        expected, got = _load(single, case), _load(parallel, case)
+        _assert_same_run(expected, got, case)
+        # Not vacuous: training moved the weights far beyond the tolerance.
+        initial = _initial_state(case, tiny_model_dir)
+        moved = max((got["state"][k] - v).abs().max().item() for k, v in initial.items())
+        assert moved > 100 * ATOL, (case, moved)
+        if case == "ppo_lora":  # the adaptive KL controller saw the global batch's KL
+            assert got["kl_coef"] == pytest.approx(expected["kl_coef"], rel=1e-6)
+            assert got["kl_coef"] != 0.05
+
+
+def test_checkpoints_resume_at_another_world_size(runs):
+    uninterrupted = runs.get("single-2", "single", 1, steps=2)
+    runs.get("single-1", "single", 1, steps=1, save=True)  # a full .ckpt file
+    runs.get("fsdp2-1", "fsdp2", 2, steps=1, save=True)  # a distributed checkpoint folder
+    assert (runs.directory / "fsdp2-1" / "grpo_lora.ckpt").is_dir()
+    one_to_two = runs.get("fsdp2-resumed", "fsdp2", 2, steps=2, resume="single-1")
+    two_to_one = runs.get("single-fsdp2-resumed", "fsdp2", 1, steps=2, resume="fsdp2-1")
+    for resumed in (one_to_two, two_to_one):
+        for case in CASES:
+            expected = _load(uninterrupted, case)
+            expected["metrics"] = expected["metrics"][-1:]  # the step after the checkpoint
+            _assert_same_run(expected, _load(resumed, case), case)
+
+
+def test_the_export_gathered_from_shards_is_the_single_process_export(runs, tmp_path):
+    sharded = runs.get("fsdp2-1", "fsdp2", 2, steps=1, save=True)
+    for case in CASES:
+        # The same weights, exported by one process from the gathered state dict.
+        module = worker.build_module(case, str(runs.model_dir))
+        module.configure_model()
+        module.models.load_state_dict(_load(sharded, case)["state"])
+        single = save_policy(module.policy, module.tokenizer, tmp_path / case)
+        files = ["model.safetensors"]
+        if case != "grpo_full":
+            files.append("adapter/adapter_model.safetensors")
+        for name in files:
+            want, have = load_file(single / name), load_file(sharded / f"{case}.policy" / name)
+            assert want.keys() == have.keys()
+            for key, value in want.items():
+                assert torch.equal(have[key], value), (case, name, key)

@@ -1,0 +1,188 @@
+"""One training run on a fixed global batch, for the multi-process tests (test_strategies.py).
+
+Run by ``torch.distributed.run`` (2 processes, gloo) or in the test process itself (1 process).
+The completions are fixed by ``FixedEngine``, so sampling is out of the comparison: every world
+size trains on the same global batch, each process on its own prompts (whole groups), and the
+results must agree. Writes the logged metrics and the full state dict of the models
+(gathered from the shards) to ``--out``.
+"""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy
+from peft import LoraConfig
+from torch.utils.data import DataLoader
+
+from lit_rl.callbacks import RolloutCallback
+from lit_rl.callbacks.checkpoint import export_policy
+from lit_rl.data import generate_problems
+from lit_rl.models import load_tokenizer
+from lit_rl.modules import GRPOModule, PolicyModule, PPOModule
+from lit_rl.rollout import Generation, SamplingParams
+from lit_rl.strategies import FSDP2Strategy, full_state_dict
+from tests.byo_reward import ContainsTargetCharacter
+
+NUM_PROMPTS = 4  # the global batch: 4 prompts x G = 2 completions
+GROUP = 2
+LENGTH = 7  # completion tokens at most
+
+
+class FixedEngine:
+    """Completions that depend only on the prompt's tokens and the sample's index in its
+    group: the same rows whatever the batch, the padding or the number of processes."""
+
+    def generate(
+        self,
+        model: torch.nn.Module,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        num_generations: int,
+        sampling: SamplingParams,
+        pad_token_id: int,
+        eos_token_ids: list[int],
+    ) -> Generation:
+        rows = []
+        for ids, mask in zip(prompt_ids, prompt_mask.bool(), strict=True):
+            key = int((ids[mask] * torch.arange(1, int(mask.sum()) + 1)).sum())
+            for g in range(num_generations):
+                generator = torch.Generator().manual_seed(key * 10 + g)
+                row = torch.randint(10, 90, (LENGTH,), generator=generator)
+                stop = int(torch.randint(2, LENGTH + 1, (1,), generator=generator))
+                if stop < LENGTH:  # an EOS ends the row early, padding after it
+                    row[stop - 1] = eos_token_ids[0]
+                    row[stop:] = pad_token_id
+                rows.append(row)
+        return Generation(torch.stack(rows))
+
+
+class FixedPrompts(LightningDataModule):
+    """Every step the same global batch of prompts; each process takes its share of them."""
+
+    def __init__(self, model_dir: str, steps: int) -> None:
+        super().__init__()
+        self.tokenizer = load_tokenizer(model_dir)
+        self.steps = steps
+        self.rows = generate_problems(NUM_PROMPTS, seed=3)
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        per_rank = NUM_PROMPTS // world
+        mine = self.rows[rank * per_rank : (rank + 1) * per_rank]
+        return DataLoader([mine] * self.steps, batch_size=None, collate_fn=self.collate)
+
+    def collate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        prompts = [r["question"] for r in rows]
+        ids = [self.tokenizer(p).input_ids for p in prompts]
+        padded = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
+        return {
+            "input_ids": padded["input_ids"],
+            "attention_mask": padded["attention_mask"],
+            "prompt": prompts,
+            "answer": [str(r["answer"]) for r in rows],
+        }
+
+
+def build_module(case: str, model_dir: str) -> PolicyModule:
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"])
+    common = dict(
+        reward=ContainsTargetCharacter(field="answer"),
+        model=model_dir,
+        dtype="float32",
+        num_generations=GROUP,
+        max_completion_length=LENGTH,
+        learning_rate=1e-2,
+    )
+    if case == "grpo_lora":  # token mean over the global batch: ranks' token counts differ
+        return GRPOModule(**common, lora=lora, loss_type="dapo")
+    if case == "grpo_full":
+        return GRPOModule(**{**common, "learning_rate": 1e-3}, lora=None)
+    if case == "ppo_lora":
+        return PPOModule(**common, lora=lora, ppo_epochs=2, kl_target=0.01)
+    raise ValueError(case)
+
+
+class Metrics(Callback):
+    def __init__(self) -> None:
+        self.logged: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+
+def strategy_for(name: str) -> Any:
+    if name == "fsdp2":
+        return FSDP2Strategy(mixed_precision="none")
+    if name == "ddp":
+        return DDPStrategy(find_unused_parameters=True)
+    return "auto"
+
+
+def run(
+    case: str,
+    strategy: str,
+    devices: int,
+    model_dir: str,
+    steps: int,
+    out: Path,
+    save_at: Path | None = None,
+    resume: Path | None = None,
+) -> None:
+    torch.manual_seed(0)
+    module = build_module(case, model_dir)
+    metrics = Metrics()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy_for(strategy),
+        # ``steps`` Experiences; PPO takes ppo_epochs optimizer steps on each
+        max_steps=steps * module.update_epochs * module.num_mini_batches,
+        callbacks=[RolloutCallback(FixedEngine()), metrics],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
+    trainer.fit(module, FixedPrompts(model_dir, steps), ckpt_path=resume)
+    if save_at is not None:
+        trainer.save_checkpoint(save_at)
+    state = full_state_dict(module.models)
+    export_policy(trainer, module, out.with_suffix(".policy"))
+    if trainer.is_global_zero:
+        extra = {"kl_coef": module.kl_controller.coef} if isinstance(module, PPOModule) else {}
+        torch.save({"metrics": metrics.logged, "state": state, **extra}, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", required=True)
+    parser.add_argument("--strategy", choices=["single", "fsdp2", "ddp"], required=True)
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--steps", type=int, default=1, help="Experiences to train on")
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--save", action="store_true", help="write <case>.ckpt at the end")
+    parser.add_argument("--resume-dir", type=Path, help="resume from <dir>/<case>.ckpt")
+    args = parser.parse_args()
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for case in args.cases.split(","):
+        run(
+            case,
+            args.strategy,
+            args.devices,
+            args.model_dir,
+            args.steps,
+            args.out_dir / f"{case}.pt",
+            args.out_dir / f"{case}.ckpt" if args.save else None,
+            args.resume_dir / f"{case}.ckpt" if args.resume_dir else None,
+        )
+
+
+if __name__ == "__main__":
+    main()
