@@ -26,7 +26,17 @@ def reference_model(policy: nn.Module, frozen: nn.Module | None) -> Iterator[nn.
     if frozen is not None:
         yield frozen
     elif isinstance(policy, PeftModel):
-        with policy.disable_adapter():
-            yield policy
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        try:
+            with policy.disable_adapter():
+                # peft freezes the adapters it disables (and, re-enabling, every adapter but
+                # the active one). Keep the trainable set as it was: FSDP2 reads it to choose
+                # the dtype it reduces gradients in, and a critic's adapter trains on.
+                for param in trainable:
+                    param.requires_grad_(True)
+                yield policy
+        finally:
+            for param in trainable:
+                param.requires_grad_(True)
     else:
         raise ValueError("a policy without LoRA needs a frozen reference copy (frozen_copy)")

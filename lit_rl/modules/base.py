@@ -3,6 +3,7 @@ the update loop over one Experience, greedy evaluation). Algorithms subclass it 
 advantage estimator and loss; the networks live in ``lit_rl.models.PolicyModels``, built in
 ``configure_model``."""
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -182,7 +183,13 @@ class PolicyModule(LightningModule):
                 "processes); a plain ModelParallelStrategy leaves the parallel plan to the "
                 "module. Set trainer.strategy to lit_rl.strategies.FSDP2Strategy"
             )
-        models = PolicyModels.build(self.model_recipe())
+        recipe = self.model_recipe()
+        if isinstance(strategy, FSDP2Strategy):
+            dtype = strategy.weights_dtype(recipe.dtype)
+            if dtype != recipe.dtype:
+                rank_zero_info(f"lit_rl: {dtype} weights, bf16 compute (FSDP2 mixed precision)")
+            recipe = dataclasses.replace(recipe, dtype=dtype)
+        models = PolicyModels.build(recipe)
         self.eos_token_ids = models.eos_token_ids(self.tokenizer.eos_token_id)
         if isinstance(strategy, FSDP2Strategy):
             strategy.parallelize(models)
@@ -221,6 +228,12 @@ class PolicyModule(LightningModule):
     # ---- the ExperienceModule contract the rollout callback drives ------------------------
 
     def setup(self, stage: str) -> None:
+        if self.trainer.precision == "16-mixed":
+            raise ValueError(
+                "trainer.precision=16-mixed scales the loss with a GradScaler, which lit_rl's "
+                "update (manual optimization, its own clipping) does not unscale: use "
+                "precision 32-true with dtype auto/bfloat16, or FSDP2Strategy's mixed_precision"
+            )
         if self.evaluation_engine is None:
             self.evaluation_engine = default_engine(self.trainer.strategy.root_device)
 

@@ -21,7 +21,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from lit_rl.models import PolicyModels, fast_bf16
+from lit_rl.models import DType, PolicyModels, fast_bf16
 
 MixedPrecision = Literal["auto", "bf16", "none"]
 
@@ -83,13 +83,31 @@ class FSDP2Strategy(ModelParallelStrategy):
         # Every process is a data-parallel rank: each draws its own prompts.
         return {"num_replicas": self.world_size, "rank": self.global_rank}
 
-    def mixed_precision_policy(self) -> MixedPrecisionPolicy:
-        bf16 = self.mixed_precision == "bf16" or (
+    @property
+    def computes_in_bf16(self) -> bool:
+        return self.mixed_precision == "bf16" or (
             self.mixed_precision == "auto" and fast_bf16(self.root_device.type)
         )
-        if not bf16:
+
+    def mixed_precision_policy(self) -> MixedPrecisionPolicy:
+        if not self.computes_in_bf16:
             return MixedPrecisionPolicy()
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+
+    def weights_dtype(self, requested: DType) -> DType:
+        """The dtype the sharded weights are kept in for a module that asked ``requested``.
+
+        With bf16 mixed precision the shards stay float32 (``auto``): every layer computes with
+        bf16 copies anyway, and one shard group cannot mix bf16 base weights with float32
+        LoRA adapters (FSDP2 would reduce the adapters' gradients in the group's dtype).
+        """
+        if not self.computes_in_bf16 or requested in ("auto", "float32"):
+            return "float32" if self.computes_in_bf16 else requested
+        raise ValueError(
+            f"dtype={requested} with FSDP2Strategy(mixed_precision={self.mixed_precision!r}) "
+            "would put low-precision weights and float32 adapters in one shard group: use "
+            "dtype auto or float32 (FSDP2 computes in bf16 already), or mixed_precision none"
+        )
 
     def parallelize(self, models: PolicyModels) -> None:
         """Shard ``models`` in place (call from ``configure_model``)."""

@@ -116,6 +116,8 @@ class Metrics(Callback):
 def strategy_for(name: str) -> Any:
     if name == "fsdp2":
         return FSDP2Strategy(mixed_precision="none")
+    if name == "fsdp2-bf16":
+        return FSDP2Strategy(mixed_precision="bf16")
     if name == "ddp":
         return DDPStrategy(find_unused_parameters=True)
     return "auto"
@@ -162,7 +164,9 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", required=True)
-    parser.add_argument("--strategy", choices=["single", "fsdp2", "ddp"], required=True)
+    parser.add_argument(
+        "--strategy", choices=["single", "fsdp2", "fsdp2-bf16", "ddp"], required=True
+    )
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--steps", type=int, default=1, help="Experiences to train on")
