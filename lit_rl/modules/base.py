@@ -141,8 +141,6 @@ class PolicyModule(LightningModule):
         self.reward = reward
         self.tokenizer = load_tokenizer(model)
         self.lora = lora
-        weights_dtype = resolve_dtype(dtype, trains_weights=lora is None)
-        rank_zero_info(f"lit_rl: {weights_dtype.name} weights ({weights_dtype.reason})")
         self.uses_reference = False  # see use_reference()
         self.critic: str | None = None  # "adapter" or a model name; set by algorithms
         self.models: PolicyModels | None = None  # built in configure_model
@@ -184,11 +182,12 @@ class PolicyModule(LightningModule):
                 "module. Set trainer.strategy to lit_rl.strategies.FSDP2Strategy"
             )
         recipe = self.model_recipe()
-        if isinstance(strategy, FSDP2Strategy):
-            dtype = strategy.weights_dtype(recipe.dtype)
-            if dtype != recipe.dtype:
-                rank_zero_info(f"lit_rl: {dtype} weights, bf16 compute (FSDP2 mixed precision)")
-            recipe = dataclasses.replace(recipe, dtype=dtype)
+        choice = resolve_dtype(recipe.dtype, trains_weights=recipe.lora is None)
+        message = f"{choice.name} weights ({choice.reason})"
+        if isinstance(strategy, FSDP2Strategy) and strategy.computes_in_bf16:
+            recipe = dataclasses.replace(recipe, dtype=strategy.weights_dtype(recipe.dtype))
+            message = f"{recipe.dtype} weights, bf16 compute (FSDP2 mixed precision)"
+        rank_zero_info(f"lit_rl: {message}")
         models = PolicyModels.build(recipe)
         self.eos_token_ids = models.eos_token_ids(self.tokenizer.eos_token_id)
         if isinstance(strategy, FSDP2Strategy):

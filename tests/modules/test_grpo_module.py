@@ -154,7 +154,7 @@ def test_policy_never_runs_dropout(tiny_model_dir):
 
 def test_the_dtype_choice_and_its_reason_are_logged(tiny_model_dir, caplog):
     with caplog.at_level("INFO"):
-        _module(tiny_model_dir)
+        built(_module(tiny_model_dir))
     assert "lit_rl: float32 weights (set explicitly)" in caplog.text
 
 

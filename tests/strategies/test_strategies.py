@@ -183,3 +183,28 @@ def test_unsupported_combinations_fail_at_setup_with_the_fix(tiny_model_dir):
     module.trainer = half
     with pytest.raises(ValueError, match="16-mixed scales the loss with a GradScaler"):
         module.setup("fit")
+
+
+def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path):
+    # The recipe as a user runs it: lit-rl starts the second process itself (Lightning's
+    # launcher), both train, evaluate, checkpoint their shards and export the policy once.
+    from tests.test_cli import TINY
+
+    command = [
+        str(Path(sys.executable).with_name("lit-rl")), "fit",
+        "--config", "recipes/grpo_math_fsdp.yaml",
+        f"--model.init_args.model={tiny_model_dir}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.max_steps=2", "--trainer.val_check_interval=2", *TINY,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checkpoints = tmp_path / "grpo_math_fsdp" / "version_0" / "checkpoints"
+    shards = sorted(p.name for p in (checkpoints / "last.ckpt").glob("*.distcp"))
+    assert shards == ["__0_0.distcp", "__1_0.distcp"]
+    assert (checkpoints / "policy" / "model.safetensors").is_file()
+    assert (checkpoints / "policy" / "adapter" / "adapter_model.safetensors").is_file()
+    meta = torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)
+    assert meta["global_step"] == 2
