@@ -18,7 +18,7 @@ from lit_rl.algorithms.advantages import (
     process_supervised_advantages,
     whiten,
 )
-from lit_rl.algorithms.distributed import all_reduce_sum
+from lit_rl.algorithms.distributed import all_reduce_sum, global_mean, global_std
 from lit_rl.algorithms.kl_control import AdaptiveKLController
 from lit_rl.algorithms.logprobs import token_logprobs, token_logprobs_with_entropy
 from lit_rl.algorithms.losses import (
@@ -49,6 +49,8 @@ __all__ = [
     "aggregation_of",
     "explained_variance",
     "gae",
+    "global_mean",
+    "global_std",
     "group_normalized_advantages",
     "grpo_loss",
     "kl_penalty",

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.algorithms import all_reduce_sum
+from lit_rl.algorithms import global_mean, global_std
 from lit_rl.experience import (
     EXPERIENCE_KEY,
     Experience,
@@ -101,19 +101,6 @@ class RolloutCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_rollouts = state_dict["num_rollouts"]
         torch.set_rng_state(state_dict["torch_rng_state"])
-
-
-def global_mean(values: torch.Tensor) -> torch.Tensor:  # [n] -> []
-    """The mean of ``values`` of every process together (one process: ``mean()``)."""
-    sums = all_reduce_sum(torch.stack([values.new_tensor(len(values)), values.sum()]))
-    return sums[1] / sums[0]
-
-
-def global_std(values: torch.Tensor) -> torch.Tensor:  # [n] -> []
-    """The sample std of ``values`` of every process together (one process: ``std()``)."""
-    sums = all_reduce_sum(torch.stack([values.new_tensor(len(values)), values.sum()]))
-    mean = sums[1] / sums[0]
-    return (all_reduce_sum(((values - mean) ** 2).sum()) / (sums[0] - 1)).sqrt()
 
 
 def rollout_metrics(

@@ -177,3 +177,11 @@ def test_gae_on_ppo_rewards_matches_a_naive_loop_per_completion():
             assert adv[i, k].item() == pytest.approx(running, abs=1e-12)
             assert ret[i, k].item() == pytest.approx(running + values[i, k].item(), abs=1e-12)
         assert (adv[i, length:] == 0).all()
+
+
+def test_global_statistics_on_one_process_are_the_plain_ones():
+    from lit_rl.algorithms import global_mean, global_std
+
+    values = torch.tensor([1.0, 2.0, 4.0, 7.0])  # mean 3.5; sample var (6.25+2.25+.25+12.25)/3 = 7
+    assert global_mean(values).item() == pytest.approx(3.5)
+    assert global_std(values).item() == pytest.approx(7**0.5)
