@@ -54,6 +54,15 @@ class RolloutCallback(Callback):
         # After configure_model: the policy exists (setup runs before it is built).
         self._check_context(trainer, pl_module)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # seed_everything gives every process the same seed, so each would draw the same
+        # random numbers for its own prompts. After any checkpoint is restored (this hook
+        # runs then), every process derives its own seed from the shared state: still
+        # reproducible, no longer correlated.
+        if trainer.world_size > 1:
+            shared = int(torch.randint(0, 2**62, (1,)))
+            torch.manual_seed(shared + trainer.global_rank)
+
     @staticmethod
     def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:
         """Prompt + completion must fit the model's context window."""

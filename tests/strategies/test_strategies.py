@@ -109,6 +109,8 @@ def test_two_processes_train_what_one_process_trains(runs, tiny_model_dir, strat
         initial = _initial_state(case, tiny_model_dir)
         moved = max((got["state"][k] - v).abs().max().item() for k, v in initial.items())
         assert moved > 100 * ATOL, (case, moved)
+        draws = got["draws"]  # each process samples with its own random numbers
+        assert len(draws) == 2 and draws[0] != draws[1], draws
         if case == "ppo_lora":  # the adaptive KL controller saw the global batch's KL
             assert got["kl_coef"] == pytest.approx(expected["kl_coef"], rel=1e-6)
             assert got["kl_coef"] != 0.05

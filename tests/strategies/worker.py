@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from peft import LoraConfig
+from torch.distributed.tensor import DTensor
 from torch.utils.data import DataLoader
 
 from lit_rl.callbacks import RolloutCallback
@@ -45,6 +46,10 @@ class FixedEngine:
         pad_token_id: int,
         eos_token_ids: list[int],
     ) -> Generation:
+        # The engine must see whole weights (gathered once for the rollout), never shards.
+        sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
+        if sharded:
+            raise AssertionError(f"the engine was handed sharded weights: {sharded[:2]}")
         rows = []
         for ids, mask in zip(prompt_ids, prompt_mask.bool(), strict=True):
             key = int((ids[mask] * torch.arange(1, int(mask.sum()) + 1)).sum())
@@ -106,8 +111,17 @@ def build_module(case: str, model_dir: str) -> PolicyModule:
 
 
 class Metrics(Callback):
+    """The logged metrics of every step, and one random draw per process at the first step
+    (each process must sample with its own random numbers)."""
+
     def __init__(self) -> None:
         self.logged: list[dict[str, float]] = []
+        self.draws: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if not self.draws:
+            draw = torch.rand(1)
+            self.draws = trainer.strategy.all_gather(draw).flatten().tolist()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
@@ -158,7 +172,8 @@ def run(
     export_policy(trainer, module, out.with_suffix(".policy"))
     if trainer.is_global_zero:
         extra = {"kl_coef": module.kl_controller.coef} if isinstance(module, PPOModule) else {}
-        torch.save({"metrics": metrics.logged, "state": state, **extra}, out)
+        result = {"metrics": metrics.logged, "state": state, "draws": metrics.draws, **extra}
+        torch.save(result, out)
 
 
 def main() -> None:
