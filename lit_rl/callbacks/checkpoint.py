@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_rl.models import save_policy
 from lit_rl.modules import PolicyModule
-from lit_rl.strategies import full_state_dict
+from lit_rl.strategies import full_state_dict, is_sharded
 
 
 class PolicyCheckpoint(ModelCheckpoint):
@@ -49,7 +49,9 @@ class PolicyCheckpoint(ModelCheckpoint):
 
 def export_policy(trainer: Trainer, pl_module: PolicyModule, directory: Path) -> None:
     """Write the policy for plain transformers to ``directory``; a collective when sharded."""
-    state = full_state_dict(pl_module.policy)  # every process gathers, rank 0 keeps
+    # Sharded: every process takes part in gathering, rank 0 keeps the tensors. Otherwise
+    # save_policy reads the policy's own state dict (no copy).
+    state = full_state_dict(pl_module.policy) if is_sharded(pl_module.policy) else None
     if trainer.is_global_zero:
         save_policy(pl_module.policy, pl_module.tokenizer, directory, state)
     trainer.strategy.barrier("lit_rl.export_policy")
