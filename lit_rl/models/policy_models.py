@@ -140,10 +140,6 @@ class PolicyModels(nn.Module):
 
     # ---- the critic ----------------------------------------------------------------------------
 
-    @property
-    def has_critic(self) -> bool:
-        return self.value_model is not None or self.value_head is not None
-
     def values(self, sequences: Sequences) -> torch.Tensor:  # [N, T] float32
         """``V(s_t)``: the value of the state before completion token t, read at the position
         whose logits predict token t (the last prompt token for t = 0)."""
