@@ -103,6 +103,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
 
     from lit_rl.callbacks import RolloutCallback
     from lit_rl.data import PromptDataModule
+    from lit_rl.evaluation import EvaluationPlan
     from lit_rl.modules import GRPOModule
     from lit_rl.rewards import MathCorrectness
     from lit_rl.rollout import HFGenerateEngine, PackedEngine
@@ -143,20 +144,21 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
         max_completion_length=args.max_completion_length,
         **SHARED,
         activation_checkpointing=args.activation_checkpointing,
+        engine={
+            "default": None,
+            "packed": PackedEngine(),
+            "packed-plain": PackedEngine(prepack="none"),
+            "generate": HFGenerateEngine(),
+        }[args.engine],
+        evaluation=EvaluationPlan(num_samples=0),
     )
     data = PromptDataModule(
         tokenizer=args.model, batch_size=1, num_train=64, num_val=0, prompt_suffix=SUFFIX
     )
     timer = PhaseTimer()
-    engine = {
-        "default": None,
-        "packed": PackedEngine(),
-        "packed-plain": PackedEngine(prepack=False),
-        "generate": HFGenerateEngine(),
-    }[args.engine]
     trainer = Trainer(
         max_steps=args.warmup + args.steps,
-        callbacks=[timer, RolloutCallback(engine)],
+        callbacks=[timer, RolloutCallback()],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -398,8 +400,8 @@ def report(args: argparse.Namespace) -> None:
         (f"peak RSS MiB, lit_rl with {other_name}", "peak_rss_mib", other, ".0f"),
         ("step s, lit_rl with activation_checkpointing", "step", checkpointed, ".2f"),
         ("peak RSS MiB, lit_rl with activation_checkpointing", "peak_rss_mib", checkpointed, ".0f"),
-        ("step s, + PackedEngine(prepack=False)", "step", lean, ".2f"),
-        ("peak RSS MiB, + PackedEngine(prepack=False)", "peak_rss_mib", lean, ".0f"),
+        ("step s, + PackedEngine(prepack=none)", "step", lean, ".2f"),
+        ("peak RSS MiB, + PackedEngine(prepack=none)", "peak_rss_mib", lean, ".0f"),
         ("tokens per step", "tokens", ours, ".0f"),
     ]
     if on_gpu:

@@ -22,7 +22,13 @@ from peft import LoraConfig
 from lit_rl.algorithms import token_logprobs_with_entropy
 from lit_rl.data.math_problems import generate_problems
 from lit_rl.models import apply_lora, load_model, load_tokenizer, resolve_dtype
-from lit_rl.rollout import Generation, HFGenerateEngine, PackedEngine, SamplingParams
+from lit_rl.rollout import (
+    Generation,
+    GenerationRequest,
+    HFGenerateEngine,
+    PackedEngine,
+    SamplingParams,
+)
 
 SUFFIX = " Give the final answer as 'Answer: <number>'."
 
@@ -57,36 +63,24 @@ def prompts(tokenizer, count: int, device: str) -> tuple[torch.Tensor, torch.Ten
     return batch.input_ids.to(device), batch.attention_mask.to(device)
 
 
+def run(engine, policy, ids, mask, g, sampling, tokenizer, eos) -> Generation:  # noqa: ANN001
+    """One generation by ``engine`` with ``policy``'s weights."""
+    if engine.weights_version != 0:
+        engine.setup(policy, sampling)
+        engine.sync_weights(policy, 0)
+    request = GenerationRequest(ids, mask, g, sampling, tokenizer.pad_token_id, tuple(eos))
+    return engine.generate(request)
+
+
 def timed(engine, policy, ids, mask, g, sampling, tokenizer, eos, seed):  # noqa: ANN001, ANN201
     torch.manual_seed(seed)
     if ids.is_cuda:
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = engine.generate(policy, ids, mask, g, sampling, tokenizer.pad_token_id, eos)
+    out = run(engine, policy, ids, mask, g, sampling, tokenizer, eos)
     if ids.is_cuda:
         torch.cuda.synchronize()
     return out, time.perf_counter() - start
-
-
-def generate_logprobs(policy, ids, mask, g, sampling, tokenizer, eos):  # noqa: ANN001, ANN201
-    """transformers ``generate``'s sampled tokens with their logprobs (from its raw logits),
-    to show the gap the packed engine's is compared with."""
-    out = policy.generate(
-        input_ids=ids.repeat_interleave(g, 0),
-        attention_mask=mask.repeat_interleave(g, 0),
-        max_new_tokens=sampling.max_new_tokens,
-        do_sample=True,
-        temperature=sampling.temperature,
-        top_k=None,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=eos,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    completion = out.sequences[:, ids.shape[1] :]
-    logits = torch.stack(out.logits, 1).float() / sampling.temperature
-    logprobs = logits.log_softmax(-1).gather(-1, completion[..., None]).squeeze(-1)
-    return Generation(completion, logprobs)
 
 
 def logprob_gap(policy, ids, mask, out, g, temperature, eos) -> tuple[float, float]:  # noqa: ANN001
@@ -149,17 +143,15 @@ def main() -> None:
                     seconds[label].append(s)
         tokens = b * g * t
         gen, packed = (statistics.median(seconds[k]) for k in ("generate", "packed"))
-        torch.manual_seed(0)
-        sampled = engines["packed"].generate(
-            policy, ids, mask, g, sampling, tokenizer.pad_token_id, eos
-        )
-        gap_max, gap_mean = logprob_gap(policy, ids, mask, sampled, g, args.temperature, eos)
-        with torch.no_grad():
-            theirs = generate_logprobs(policy, ids, mask, g, sampling, tokenizer, eos)
-        ref_max, ref_mean = logprob_gap(policy, ids, mask, theirs, g, args.temperature, eos)
+        gaps = {}
+        for label, engine in engines.items():  # each engine's own logprobs of its samples
+            torch.manual_seed(0)
+            sampled = run(engine, policy, ids, mask, g, sampling, tokenizer, eos)
+            gaps[label] = logprob_gap(policy, ids, mask, sampled, g, args.temperature, eos)
+        (gap_max, gap_mean), (ref_max, ref_mean) = gaps["packed"], gaps["generate"]
         greedy = SamplingParams(max_new_tokens=t, do_sample=False)
         same = [
-            engines[k].generate(policy, ids, mask, 1, greedy, tokenizer.pad_token_id, eos)
+            run(engines[k], policy, ids, mask, 1, greedy, tokenizer, eos)
             for k in ("generate", "packed")
         ]
         width = min(x.completion_ids.shape[1] for x in same)

@@ -82,16 +82,16 @@ def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed
     )
 
 
-def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), engine=None):
-    """A quiet Trainer with a RolloutCallback (``engine``, the default one when ``None``),
-    plus ``callbacks``, and no validation."""
+def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), logprob_check=None):
+    """A quiet Trainer with a RolloutCallback (``logprob_check``, the default one when
+    ``None``), plus ``callbacks``, and no validation."""
     from lightning.pytorch import Trainer
 
     from lit_rl.callbacks import RolloutCallback
 
     return Trainer(
         max_steps=max_steps,
-        callbacks=[RolloutCallback(engine), *callbacks],
+        callbacks=[RolloutCallback(logprob_check), *callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -105,11 +105,14 @@ def fit_rollouts(
     module, model_dir, steps: int = 1, callbacks: tuple = (), engine=None, **data_args
 ):
     """Train ``module`` for ``steps`` optimizer steps on the embedded math prompts, tokenized for
-    the model in ``model_dir``; ``data_args`` override PromptDataModule's test defaults."""
+    the model in ``model_dir``, with ``engine`` as its rollout engine when given;
+    ``data_args`` override PromptDataModule's test defaults."""
     from lit_rl.data import PromptDataModule
 
+    if engine is not None:
+        module.engine = engine
     settings = dict(tokenizer=str(model_dir), batch_size=2, num_train=8, num_val=2)
-    trainer = rollout_trainer(steps, callbacks, engine)
+    trainer = rollout_trainer(steps, callbacks)
     trainer.fit(module, PromptDataModule(**{**settings, **data_args}))
     return trainer
 
@@ -142,3 +145,15 @@ def tiny_module_args(model_dir, **overrides) -> dict:
         learning_rate=1e-2,
     )
     return {**args, **overrides}
+
+
+def sample(engine, model, prompt_ids, prompt_mask, num_generations, sampling, pad_id, eos_ids):
+    """One generation by ``engine`` from ``model``'s weights (synced as version 0)."""
+    from lit_rl.rollout import GenerationRequest
+
+    engine.setup(model, sampling)
+    engine.sync_weights(model, 0)
+    request = GenerationRequest(
+        prompt_ids, prompt_mask, num_generations, sampling, pad_id, tuple(eos_ids)
+    )
+    return engine.generate(request)

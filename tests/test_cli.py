@@ -74,8 +74,13 @@ def test_local_directory_recipe_trains_logs_and_exports(tiny_model_dir, tmp_path
         "rollout/reward_std",
         "rollout/zero_std_fraction",
         "rollout/completion_len",
+        "rollout/logprob_mismatch_k3",
+        "rollout/weights_fingerprint",
         "val/reward",
-        "val/reward/correctness",
+        "val/greedy_accuracy",
+        "val/pass@1",
+        "val/pass@4",
+        "val/maj@4",
     }
     assert expected <= scalars, expected - scalars
     assert "rollout/samples/text_summary" in text

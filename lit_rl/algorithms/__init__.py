@@ -18,7 +18,7 @@ from lit_rl.algorithms.advantages import (
     process_supervised_advantages,
     whiten,
 )
-from lit_rl.algorithms.distributed import all_reduce_sum, global_mean, global_std
+from lit_rl.algorithms.distributed import all_reduce_sum, global_max, global_mean, global_std
 from lit_rl.algorithms.kl_control import AdaptiveKLController
 from lit_rl.algorithms.logprobs import token_logprobs, token_logprobs_with_entropy
 from lit_rl.algorithms.losses import (
@@ -36,6 +36,11 @@ from lit_rl.algorithms.losses import (
     ppo_policy_loss,
     value_loss,
 )
+from lit_rl.algorithms.sampler_mismatch import (
+    SamplerCorrection,
+    sampler_correction_weights,
+    sampler_mismatch,
+)
 from lit_rl.algorithms.shaping import token_level_rewards
 
 __all__ = [
@@ -43,12 +48,14 @@ __all__ = [
     "Aggregation",
     "KLEstimator",
     "LossType",
+    "SamplerCorrection",
     "aggregate",
     "all_reduce_sum",
     "aggregation_count",
     "aggregation_of",
     "explained_variance",
     "gae",
+    "global_max",
     "global_mean",
     "global_std",
     "group_normalized_advantages",
@@ -58,6 +65,8 @@ __all__ = [
     "micro_batch_weight",
     "ppo_policy_loss",
     "process_supervised_advantages",
+    "sampler_correction_weights",
+    "sampler_mismatch",
     "token_level_rewards",
     "token_logprobs",
     "token_logprobs_with_entropy",

@@ -22,3 +22,11 @@ def global_std(values: torch.Tensor) -> torch.Tensor:  # [n] -> []
     mean = global_mean(values)
     count = all_reduce_sum(values.new_tensor(len(values)))
     return (all_reduce_sum(((values - mean) ** 2).sum()) / (count - 1)).sqrt()
+
+
+def global_max(values: torch.Tensor) -> torch.Tensor:  # [n] -> []
+    """The largest of ``values`` of every process (0 where no process has any)."""
+    local = values.max() if len(values) else values.new_zeros(())
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(local, op=dist.ReduceOp.MAX)
+    return local

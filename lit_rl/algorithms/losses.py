@@ -141,6 +141,7 @@ def grpo_loss(
     epsilon_high: float | None = None,
     beta: float = 0.04,
     loss_type: LossType = "grpo",
+    sampler_weights: torch.Tensor | None = None,  # [N, T]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO objective, negated to a loss.
 
@@ -153,7 +154,8 @@ def grpo_loss(
     ``r = 1`` its gradient per token is Eq. 21: ``(A + beta (pi_ref/pi - 1)) grad log pi``.
     ``epsilon_high`` decouples the upper clip (DAPO's clip-higher); ``dr_grpo`` and ``dapo``
     change only the aggregation (see ``aggregate``). ``advantages`` of shape [N] (outcome
-    supervision) apply to every token of a completion.
+    supervision) apply to every token of a completion. ``sampler_weights`` (detached, from
+    ``sampler_correction_weights``) multiply each token's clipped surrogate, not its KL.
 
     Returns ``(loss, stats)``; stats are detached: ``kl`` (mean k3 over counted tokens),
     ``clip_ratio`` (fraction of counted tokens where the clip was active), ``ratio``.
@@ -165,7 +167,7 @@ def grpo_loss(
     surrogate, ratio, clipped = _clipped_surrogate(
         logprobs, old_logprobs, advantages, epsilon, epsilon_high
     )
-    per_token_objective = surrogate
+    per_token_objective = surrogate if sampler_weights is None else sampler_weights * surrogate
     stats: dict[str, torch.Tensor] = {}
     if beta != 0.0:
         if ref_logprobs is None:
@@ -187,16 +189,20 @@ def ppo_policy_loss(
     epsilon: float = 0.2,
     epsilon_high: float | None = None,
     aggregation: Aggregation = "token_mean",
+    sampler_weights: torch.Tensor | None = None,  # [N, T]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al., 2017, Eq. 7), negated to a loss.
 
     The KL to the reference is not here: PPO folds it into the per-token reward before GAE.
+    ``sampler_weights`` (detached) multiply each token's surrogate (``grpo_loss``).
     Returns ``(loss, stats)`` with ``clip_ratio``, ``ratio`` and ``approx_kl`` (k3 between old
     and current policy, a step-size diagnostic).
     """
     surrogate, ratio, clipped = _clipped_surrogate(
         logprobs, old_logprobs, advantages, epsilon, epsilon_high
     )
+    if sampler_weights is not None:
+        surrogate = sampler_weights * surrogate
     loss = -aggregate(surrogate, completion_mask, aggregation)
     stats = {
         "clip_ratio": masked_mean(clipped.to(logprobs.dtype), completion_mask).detach(),

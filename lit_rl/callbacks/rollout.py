@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.algorithms import global_mean, global_std
+from lit_rl.algorithms import global_mean, global_std, sampler_mismatch
 from lit_rl.experience import (
     EXPERIENCE_KEY,
     Experience,
@@ -15,7 +15,7 @@ from lit_rl.experience import (
     make_experience,
     missing_experience_members,
 )
-from lit_rl.rollout import RolloutEngine, default_engine
+from lit_rl.rollout import LogprobCheck
 
 
 class RolloutCallback(Callback):
@@ -27,16 +27,17 @@ class RolloutCallback(Callback):
     step runs, so a dataloader that generated would sample with weights one update old; a
     callback runs right before the step, with the current weights, and sees the module.
 
+    After every step it checks the engine (the module's ``engine``, synced to the weights of
+    each step): the trainer's logprobs of the sampled tokens against the engine's own, logged
+    as ``rollout/logprob_mismatch_k3`` (``_max``, ``_frac_over``) with the synced weights'
+    version and fingerprint; ``logprob_check`` warns or stops past its thresholds.
+
     Args:
-        engine: how completions are sampled; any ``RolloutEngine`` by ``class_path``. By
-            default ``lit_rl.rollout.default_engine`` of the trainer's device:
-            ``PackedEngine`` on a CPU (Llama-family models decoded 1.4-1.7x faster than by
-            transformers ``generate``, to which other models fall back), ``HFGenerateEngine``
-            on a GPU.
+        logprob_check: thresholds of the engine check (``lit_rl.rollout.LogprobCheck``).
     """
 
-    def __init__(self, engine: RolloutEngine | None = None) -> None:
-        self.engine = engine  # None: default_engine(device), chosen in setup
+    def __init__(self, logprob_check: LogprobCheck | None = None) -> None:
+        self.logprob_check = logprob_check or LogprobCheck()
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -47,8 +48,6 @@ class RolloutCallback(Callback):
                 f"lit_rl.experience.ExperienceModule (e.g. lit_rl.modules.GRPOModule); "
                 f"{type(pl_module).__name__} lacks {', '.join(missing)}"
             )
-        if self.engine is None:
-            self.engine = default_engine(trainer.strategy.root_device)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the policy exists (setup runs before it is built).
@@ -86,9 +85,7 @@ class RolloutCallback(Callback):
     ) -> None:
         start = time.perf_counter()
         spec = pl_module.experience_spec()
-        experience, seconds = make_experience(
-            pl_module, self.engine, batch, f"training batch {batch_idx}"
-        )
+        experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
         batch[EXPERIENCE_KEY] = experience
         self.num_rollouts += 1
         seconds["total"] = time.perf_counter() - start
@@ -102,6 +99,35 @@ class RolloutCallback(Callback):
                 prog_bar=name == "rollout/reward",
                 sync_dist=True,
             )
+
+    def on_train_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: dict[str, Any],
+        batch_idx: int,
+    ) -> None:
+        # By now pi_old is known either way: from the rollout, or (on-policy) from the update's
+        # first forward pass, filled in by training_step.
+        experience: Experience = batch[EXPERIENCE_KEY]
+        if experience.old_logprobs is None or experience.sampler_logprobs is None:
+            return
+        check = self.logprob_check
+        mismatch = sampler_mismatch(
+            experience.old_logprobs,
+            experience.sampler_logprobs,
+            experience.completion_mask,
+            check.token_threshold,
+            across_processes=True,
+        )
+        for name, value in mismatch.items():
+            pl_module.log(
+                f"rollout/logprob_mismatch_{name}", value.float(), batch_size=len(experience)
+            )
+        check.verify(
+            mismatch["k3"], float(mismatch["max_abs"]), pl_module.engine.name, trainer.global_step
+        )
 
     def state_dict(self) -> dict[str, Any]:
         # The sampling RNG travels with the checkpoint so a resumed run draws the same rollouts.
@@ -135,15 +161,12 @@ def rollout_metrics(
         "rollout/advantage_std": global_std(experience.advantages[mask]),
         **{f"rollout/reward/{k}": v.mean() for k, v in experience.reward_components.items()},
         **{f"rollout/{phase}_time": torch.tensor(s) for phase, s in seconds.items()},
+        "rollout/weights_version": torch.tensor(experience.weights_version),
+        "rollout/weights_fingerprint": torch.tensor(experience.weights_fingerprint),
     }
     if experience.kl is not None:
         metrics["rollout/kl"] = (experience.kl * mask).sum(dim=1).mean()
         metrics["rollout/kl_coef"] = torch.tensor(spec.kl_coef)
-    if experience.sampler_logprobs is not None and experience.old_logprobs is not None:
-        # The engine's logprobs against the trainer's, under the same weights: numerical
-        # noise (bf16) only; a drift means the engine samples another policy.
-        gap = (experience.sampler_logprobs - experience.old_logprobs).abs()
-        metrics["rollout/sampler_logprob_diff"] = global_mean(gap[mask])
     if experience.values is not None:
         metrics["rollout/values"] = global_mean(experience.values[mask])
     return {name: value.float() for name, value in metrics.items()}

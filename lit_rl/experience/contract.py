@@ -1,6 +1,5 @@
 """The typed contract between the experience pipeline and the LightningModule it serves."""
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -12,7 +11,7 @@ from lit_rl.algorithms import KLEstimator
 from lit_rl.experience.estimators import AdvantageEstimator
 from lit_rl.models import Sequences
 from lit_rl.rewards import RewardOutput
-from lit_rl.rollout import SamplingParams
+from lit_rl.rollout import Generation, GenerationRequest, RolloutEngine, SamplingParams
 
 # The key under which the driver hands a prompt batch's Experience to ``training_step``.
 EXPERIENCE_KEY = "experience"
@@ -50,10 +49,11 @@ class ExperienceModule(Protocol):
 
     policy: nn.Module  # the policy network (its config: context length)
     tokenizer: PreTrainedTokenizerBase
+    engine: RolloutEngine | None  # the run's engine (named in the check's messages)
 
     def experience_spec(self) -> ExperienceSpec: ...
 
-    def sampling_policy(self) -> AbstractContextManager[nn.Module]: ...  # full weights in place
+    def generate(self, request: GenerationRequest) -> Generation: ...  # by the run's engine
 
     def decode_completions(
         self, completion_ids: torch.Tensor

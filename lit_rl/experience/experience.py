@@ -25,8 +25,11 @@ class Experience:
     token_rewards: torch.Tensor  # [N, T] reward per token: outcome on the last, minus KL if asked
     advantages: torch.Tensor  # [N, T] 0 on padding
     returns: torch.Tensor | None = None  # [N, T] value targets (estimators with a critic)
-    old_logprobs: torch.Tensor | None = None  # [N, T] pi_old; None = the update is on-policy
-    sampler_logprobs: torch.Tensor | None = None  # [N, T] the engine's, when it reports them
+    # [N, T] pi_old, the trainer's logprobs under the sampling weights: from the rollout when the
+    # update takes several optimizer steps; on-policy (one step) training_step fills it from the
+    # first forward pass, which then scores the same weights.
+    old_logprobs: torch.Tensor | None = None
+    sampler_logprobs: torch.Tensor | None = None  # [N, T] the engine's (make_experience: always)
     ref_logprobs: torch.Tensor | None = None  # [N, T] pi_ref; None without a reference
     values: torch.Tensor | None = None  # [N, T] V(s_t) before token t, at rollout time
     kl: torch.Tensor | None = None  # [N, T] KL(pi_old || pi_ref) per token, when in the reward
@@ -35,6 +38,8 @@ class Experience:
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
     prompts: list[str] = field(default_factory=list)  # N prompt texts (for logging)
     completions: list[str] = field(default_factory=list)  # N completion texts
+    weights_version: int = -1  # the optimizer step whose weights sampled the rows
+    weights_fingerprint: float = float("nan")  # of those weights (lit_rl.rollout)
 
     def __len__(self) -> int:
         return self.completion_mask.shape[0]

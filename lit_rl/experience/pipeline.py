@@ -11,14 +11,14 @@ from lit_rl.experience.estimators import AdvantageInputs
 from lit_rl.experience.experience import Experience
 from lit_rl.experience.steps import token_step_ends
 from lit_rl.models import Sequences
-from lit_rl.rollout import RolloutEngine
+from lit_rl.rollout import GenerationRequest
 
 PromptBatch = dict[str, Any]  # input_ids/attention_mask [B, P] (left padded), fields: B-lists
 
 
 @torch.no_grad()
 def make_experience(
-    module: ExperienceModule, engine: RolloutEngine, batch: PromptBatch, where: str
+    module: ExperienceModule, batch: PromptBatch, where: str
 ) -> tuple[Experience, dict[str, float]]:
     """Sample G completions per prompt of ``batch`` and turn them into an ``Experience``.
 
@@ -30,18 +30,18 @@ def make_experience(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
-    # 1. Generate G completions per prompt (prompt-major rows).
+    # 1. Generate G completions per prompt (prompt-major rows), by the run's engine.
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-    with module.sampling_policy() as policy:
-        generation = engine.generate(
-            policy,
+    generation = module.generate(
+        GenerationRequest(
             prompt_ids,
             prompt_mask,
             group_size,
             spec.sampling,
             spec.pad_token_id,
-            list(spec.eos_token_ids),
+            spec.eos_token_ids,
         )
+    )
     completion_ids = generation.completion_ids
     completion_mask, completions = module.decode_completions(completion_ids)
     seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
@@ -115,5 +115,7 @@ def make_experience(
         reward_components=reward.components,
         prompts=fields["prompt"],
         completions=completions,
+        weights_version=generation.weights_version,
+        weights_fingerprint=generation.weights_fingerprint,
     )
     return experience, seconds

@@ -1,5 +1,5 @@
-"""PolicyModule: what every RL LightningModule shares (the models, the reward, the optimizer,
-the update loop over one Experience, greedy evaluation). Algorithms subclass it and add their
+"""PolicyModule: what every RL LightningModule shares (the models, the rollout engine, the
+reward, the optimizer, the update loop over one Experience, held-out evaluation). Algorithms subclass it and add their
 advantage estimator and loss; the networks live in ``lit_rl.models.PolicyModels``, built in
 ``configure_model``."""
 
@@ -16,7 +16,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from peft import LoraConfig
 from torch import nn
 
-from lit_rl.algorithms import Aggregation, aggregation_count, micro_batch_weight
+from lit_rl.algorithms import (
+    Aggregation,
+    SamplerCorrection,
+    aggregation_count,
+    micro_batch_weight,
+    sampler_correction_weights,
+)
+from lit_rl.evaluation import EvaluationMetrics, EvaluationPlan, evaluate_batch
 from lit_rl.experience import (
     EXPERIENCE_KEY,
     AdvantageEstimator,
@@ -36,6 +43,9 @@ from lit_rl.models import (
 )
 from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
 from lit_rl.rollout import (
+    EngineSession,
+    Generation,
+    GenerationRequest,
     RolloutEngine,
     SamplingParams,
     completion_mask_from_eos,
@@ -86,6 +96,17 @@ class PolicyModule(LightningModule):
             pass instead of storing them: less peak memory for more update time (see
             docs/benchmarks.md); dropout stays off either way.
         logprob_chunk_size: rows of float32 logits materialised at a time.
+        engine: the run's one rollout engine, used by rollouts and evaluation alike; any
+            ``lit_rl.rollout.RolloutEngine`` by ``class_path``. ``None`` =
+            ``lit_rl.rollout.default_engine`` of the device (``PackedEngine`` on a CPU,
+            ``HFGenerateEngine`` elsewhere); ``lit_rl.rollout.VLLMEngine`` on GPUs.
+        evaluation: how validation scores the held-out split (greedy accuracy, pass@1,
+            pass@n, maj@n; ``lit_rl.evaluation.EvaluationPlan``).
+        sampler_correction: reweight the policy gradient for the gap between the engine's
+            distribution and the trainer's (``none``, ``token_tis``, ``sequence_tis``,
+            ``token_mask``, ``sequence_mask``; docs/algorithms/rollout-correction.md).
+        sampler_correction_bounds: ``(low, high)``: the masks keep ratios in [low, high]; TIS
+            truncates at high.
     """
 
     def __init__(
@@ -106,6 +127,10 @@ class PolicyModule(LightningModule):
         gradient_accumulation_steps: int = 1,
         activation_checkpointing: bool = False,
         logprob_chunk_size: int = 256,
+        engine: RolloutEngine | None = None,
+        evaluation: EvaluationPlan | None = None,
+        sampler_correction: SamplerCorrection = "none",
+        sampler_correction_bounds: tuple[float, float] = (0.5, 2.0),
     ) -> None:
         super().__init__()
         checks = [
@@ -130,12 +155,19 @@ class PolicyModule(LightningModule):
                 gradient_accumulation_steps >= 1,
                 f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}",
             ),
+            (
+                0 <= sampler_correction_bounds[0] < 1 < sampler_correction_bounds[1],
+                "sampler_correction_bounds must be (low, high) with 0 <= low < 1 < high, got "
+                f"{sampler_correction_bounds}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"{type(self).__name__}: {message}")
         # Objects stay out of the checkpoint's hyperparameters, which load with weights_only.
-        self.save_hyperparameters(ignore=["reward", "advantage_estimator", "lora"])
+        self.save_hyperparameters(
+            ignore=["reward", "advantage_estimator", "lora", "engine", "evaluation"]
+        )
         self.hparams["lora"] = None if lora is None else lora_config_dict(lora)
         self.automatic_optimization = False
         self.reward = reward
@@ -151,8 +183,11 @@ class PolicyModule(LightningModule):
         self.eos_token_ids: list[int] = []  # the tokenizer's and the model's; configure_model
         # Minibatch shuffling has its own RNG (in checkpoints), so it never shifts sampling.
         self.shuffle_generator = torch.Generator().manual_seed(0)
-        # Greedy completions in validation; default_engine(device) unless set before fit.
-        self.evaluation_engine: RolloutEngine | None = None
+        self.engine = engine  # None: default_engine(device), chosen in setup
+        self.engine_session: EngineSession | None = None  # setup
+        self.evaluation = evaluation or EvaluationPlan()
+        self.eval_metrics = EvaluationMetrics(self.evaluation.num_samples)
+        self.sampler_correction = sampler_correction
 
     def use_reference(self) -> None:
         """Give the algorithm a reference policy pi_ref: with LoRA the policy with its adapters
@@ -218,11 +253,36 @@ class PolicyModule(LightningModule):
     update_epochs: int  # passes over each Experience (GRPO's mu, PPO's epochs)
     loss_aggregation: Aggregation  # how the loss reduces over tokens: weighs accumulation
 
-    def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
-        """Backward ``weight`` x the loss of one micro-batch; return its scalar statistics:
-        losses (``loss``, ``*_loss``) as the loss aggregates, every other one a mean over the
-        micro-batch's counted tokens (they are averaged over a minibatch accordingly)."""
+    def accumulate_gradients(
+        self, micro: Experience, weight: float
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Backward ``weight`` x the loss of one micro-batch; return its scalar statistics
+        (losses, ``loss`` and ``*_loss``, as the loss aggregates; every other one a mean over
+        the micro-batch's counted tokens, so they average over a minibatch accordingly) and
+        the policy's logprobs of its tokens [n, T], detached."""
         raise NotImplementedError
+
+    def sampler_weights(
+        self, micro: Experience, old_logprobs: torch.Tensor
+    ) -> torch.Tensor | None:  # [n, T]
+        """The ``sampler_correction`` weights of a micro-batch's policy-gradient terms
+        (``None`` without a correction)."""
+        if self.sampler_correction == "none":
+            return None
+        if micro.sampler_logprobs is None:
+            raise ValueError(
+                f"sampler_correction={self.sampler_correction!r} needs the engine's logprobs "
+                "in the Experience (make_experience sets them)"
+            )
+        low, high = self.hparams.sampler_correction_bounds
+        return sampler_correction_weights(
+            old_logprobs,
+            micro.sampler_logprobs,
+            micro.completion_mask,
+            self.sampler_correction,
+            low,
+            high,
+        )
 
     # ---- the ExperienceModule contract the rollout callback drives ------------------------
 
@@ -233,8 +293,14 @@ class PolicyModule(LightningModule):
                 "update (manual optimization, its own clipping) does not unscale: use "
                 "precision 32-true with dtype auto/bfloat16, or FSDP2Strategy's mixed_precision"
             )
-        if self.evaluation_engine is None:
-            self.evaluation_engine = default_engine(self.trainer.strategy.root_device)
+        if self.engine is None:
+            self.engine = default_engine(self.trainer.strategy.root_device)
+        if self.engine_session is None:
+            self.engine_session = EngineSession(self.engine, self.sampling)
+
+    def teardown(self, stage: str) -> None:
+        if self.engine_session is not None:
+            self.engine_session.close()
 
     def on_fit_start(self) -> None:
         # Lightning keeps the modes modules were built in (it never calls train() at fit
@@ -270,6 +336,17 @@ class PolicyModule(LightningModule):
         return TokenScores(
             old_logprobs=old, ref_logprobs=self.reference_logprobs(sequences), values=None
         )
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        """Completions by the run's engine, synced first when the weights changed since its
+        last sync (their version is ``global_step``, the optimizer steps taken)."""
+        if self.engine_session is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.generate runs under a Trainer (its setup chooses the "
+                "engine); outside one, call an engine directly"
+            )
+        with self.sampling_policy() as policy:
+            return self.engine_session.generate(policy, request, self.global_step)
 
     @contextmanager
     def sampling_policy(self) -> Iterator[nn.Module]:
@@ -323,6 +400,10 @@ class PolicyModule(LightningModule):
             arm_checkpointed_layers(self.policy)
         # One unshuffled minibatch is the whole batch; shuffling would only change float order.
         generator = self.shuffle_generator if self.num_mini_batches > 1 else None
+        # On-policy (one optimizer step), the first forward pass scores the sampling weights:
+        # its logprobs are pi_old, kept for the rollout callback's check of the engine.
+        on_policy = experience.old_logprobs is None
+        trainer_logprobs: list[torch.Tensor] = []
         totals: dict[str, float] = defaultdict(float)
         num_steps = 0
         for _ in range(self.update_epochs):
@@ -336,7 +417,10 @@ class PolicyModule(LightningModule):
                     token_weight = token_share * micro_batch_weight(
                         micro.completion_mask, minibatch.completion_mask, "token_mean"
                     )
-                    for name, value in self.accumulate_gradients(micro, weight).items():
+                    stats, logprobs = self.accumulate_gradients(micro, weight)
+                    if on_policy:
+                        trainer_logprobs.append(logprobs)
+                    for name, value in stats.items():
                         is_loss = name == "loss" or name.endswith("_loss")
                         totals[name] += (weight if is_loss else token_weight) * float(value)
                 totals["grad_norm"] += float(self.step_optimizer())
@@ -352,6 +436,8 @@ class PolicyModule(LightningModule):
                 sync_dist=True,
             )
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=len(experience))
+        if on_policy:  # one unshuffled minibatch, cut in order: the rows in experience order
+            experience.old_logprobs = torch.cat(trainer_logprobs)
         self.on_experience_used(experience)
 
     def process_shares(self, minibatch: Experience) -> tuple[float, float]:
@@ -432,25 +518,17 @@ class PolicyModule(LightningModule):
             for state in checkpoint.get("optimizer_states", [])
         ]
 
-    # ---- evaluation: greedy completions on held-out prompts -------------------------------
+    # ---- evaluation: the held-out split on the run's engine -------------------------------
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        greedy = SamplingParams(self.sampling.max_new_tokens, do_sample=False)
-        with self.sampling_policy() as policy:
-            completion_ids = self.evaluation_engine.generate(
-                policy,
-                batch["input_ids"],
-                batch["attention_mask"],
-                1,
-                greedy,
-                self.tokenizer.pad_token_id,
-                self.eos_token_ids,
-            ).completion_ids
-        mask, completions = self.decode_completions(completion_ids)
-        fields = {k: v for k, v in batch.items() if isinstance(v, list)}
-        output = self.score(batch["prompt"], completions, fields, f"validation batch {batch_idx}")
-        size = len(completions)
-        self.log("val/reward", output.total.mean(), batch_size=size, prog_bar=True, sync_dist=True)
-        for name, values in output.components.items():
-            self.log(f"val/reward/{name}", values.mean(), batch_size=size, sync_dist=True)
-        self.log("val/completion_len", mask.sum(1).float().mean(), batch_size=size, sync_dist=True)
+        result = evaluate_batch(self, batch, self.evaluation, f"validation batch {batch_idx}")
+        self.eval_metrics.record(result)
+        # The metric objects: Lightning computes them over the whole split (every process's
+        # problems) at the end of validation, and resets them.
+        for name, metric in self.eval_metrics.items():
+            self.log(
+                f"val/{name}",
+                metric,
+                batch_size=len(result.greedy_correct),
+                prog_bar=name == "greedy_accuracy",
+            )

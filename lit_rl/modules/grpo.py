@@ -73,7 +73,9 @@ class GRPOModule(PolicyModule):
         if beta > 0:
             self.use_reference()
 
-    def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
+    def accumulate_gradients(
+        self, micro: Experience, weight: float
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         loss, stats = grpo_loss(
@@ -86,10 +88,12 @@ class GRPOModule(PolicyModule):
             epsilon_high=self.epsilon_high,
             beta=self.beta,
             loss_type=self.loss_type,
+            sampler_weights=self.sampler_weights(micro, old_logprobs),
         )
         self.manual_backward(loss * weight)
-        return {
+        stats = {
             "loss": loss.detach(),
             "entropy": masked_mean(entropy, micro.completion_mask),
             **stats,
         }
+        return stats, logprobs.detach()

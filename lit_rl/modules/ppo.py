@@ -149,12 +149,20 @@ class PPOModule(PolicyModule):
 
     # ---- the update ------------------------------------------------------------------------
 
-    def accumulate_gradients(self, micro: Experience, weight: float) -> dict[str, torch.Tensor]:
+    def accumulate_gradients(
+        self, micro: Experience, weight: float
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         mask = micro.completion_mask
         logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         policy_loss, policy_stats = ppo_policy_loss(
-            logprobs, old_logprobs, micro.advantages, mask, self.epsilon, self.epsilon_high
+            logprobs,
+            old_logprobs,
+            micro.advantages,
+            mask,
+            self.epsilon,
+            self.epsilon_high,
+            sampler_weights=self.sampler_weights(micro, old_logprobs),
         )
         # Policy and critic touch disjoint parameters: two backward passes keep only one
         # forward graph alive at a time (peak memory of one pass, not both).
@@ -164,7 +172,7 @@ class PPOModule(PolicyModule):
             values, micro.values, micro.returns, mask, self.cliprange_value
         )
         self.manual_backward(self.vf_coef * critic_loss * weight)
-        return {
+        stats = {
             "loss": policy_loss.detach() + self.vf_coef * critic_loss.detach(),
             "policy_loss": policy_loss.detach(),
             "value_loss": critic_loss.detach(),
@@ -172,6 +180,7 @@ class PPOModule(PolicyModule):
             **policy_stats,
             **value_stats,
         }
+        return stats, logprobs.detach()
 
     def on_experience_used(self, experience: Experience) -> None:
         mask = experience.completion_mask

@@ -1,21 +1,38 @@
-"""Rollout generation behind a small engine interface."""
+"""Rollout engines behind one interface with a lifecycle, and the check of what they sample."""
 
+from lit_rl.rollout.check import LogprobCheck, SamplerMismatchError, SamplerMismatchWarning
+from lit_rl.rollout.default import default_engine
 from lit_rl.rollout.engine import (
-    Generation,
-    HFGenerateEngine,
-    PackedEngine,
+    NOT_SYNCED,
+    InProcessEngine,
     RolloutEngine,
-    SamplingParams,
     completion_mask_from_eos,
-    default_engine,
+    trained_weights,
+    weights_fingerprint,
 )
+from lit_rl.rollout.hf_engine import HFGenerateEngine
+from lit_rl.rollout.packed_engine import PackedEngine
+from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
+from lit_rl.rollout.session import EngineSession, StaleWeightsError
+from lit_rl.rollout.vllm_engine import VLLMEngine
 
 __all__ = [
+    "NOT_SYNCED",
+    "EngineSession",
     "Generation",
+    "GenerationRequest",
     "HFGenerateEngine",
+    "InProcessEngine",
+    "LogprobCheck",
     "PackedEngine",
     "RolloutEngine",
+    "SamplerMismatchError",
+    "SamplerMismatchWarning",
     "SamplingParams",
+    "StaleWeightsError",
+    "VLLMEngine",
     "completion_mask_from_eos",
     "default_engine",
+    "trained_weights",
+    "weights_fingerprint",
 ]

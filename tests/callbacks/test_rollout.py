@@ -63,7 +63,7 @@ def test_callback_refuses_a_module_without_the_rollout_protocol():
     with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule") as err:
         RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")
     assert (
-        "lacks policy, tokenizer, experience_spec, sampling_policy, decode_completions, score"
+        "lacks policy, tokenizer, engine, experience_spec, generate, decode_completions, score"
         in str(err.value)
     )
 

@@ -51,7 +51,10 @@ def test_rollout_batch_contents(tiny_model_dir, engine):
     torch.testing.assert_close(
         r.advantages, group_normalized_advantages(r.rewards, 4)[:, None] * r.completion_mask
     )
-    assert r.old_logprobs is None  # mu = 1: the update is on-policy
+    # mu = 1: on-policy, so the update's own first forward pass gave pi_old; the engine's
+    # logprobs of its samples are the same numbers (float32, the same weights).
+    mask = r.completion_mask
+    torch.testing.assert_close(r.sampler_logprobs[mask], r.old_logprobs[mask], rtol=0, atol=1e-5)
     # LoRA starts with B = 0, so the policy equals the reference (adapters off) at step 0.
     assert r.ref_logprobs.shape == (n, t)
     assert len(r.completions) == n and r.prompts[0] == r.prompts[3] != r.prompts[4]
@@ -78,7 +81,10 @@ def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, en
         epsilon=0.2,
         beta=0.04,
     )
+    torch.testing.assert_close(r.old_logprobs, logprobs.detach(), rtol=0, atol=1e-6)
     logged = trainer.callback_metrics
+    assert logged["rollout/logprob_mismatch_k3"].item() < 1e-9
+    assert logged["rollout/weights_version"].item() == 0
     assert logged["train/loss"].item() == pytest.approx(expected.item(), abs=1e-5)
     assert logged["train/kl"].item() == pytest.approx(stats["kl"].item(), abs=1e-6)
     assert trainer.global_step == 1
@@ -105,7 +111,7 @@ def test_num_iterations_takes_several_steps_on_one_rollout(tiny_model_dir):
     torch.testing.assert_close(
         capture.rollout.sampler_logprobs[mask], expected[mask], rtol=0, atol=1e-5
     )
-    assert trainer.callback_metrics["rollout/sampler_logprob_diff"].item() < 1e-5
+    assert trainer.callback_metrics["rollout/logprob_mismatch_max_abs"].item() < 1e-5
 
 
 def test_without_rollout_callback_the_error_says_what_to_add(tiny_model_dir):

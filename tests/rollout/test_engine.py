@@ -8,6 +8,7 @@ from lit_rl.rollout import (
     completion_mask_from_eos,
     default_engine,
 )
+from tests.conftest import sample as run_engine
 
 
 def test_completion_mask_from_eos_hand_values():
@@ -31,35 +32,29 @@ def test_hf_engine_is_prompt_major_and_restores_train_mode(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     prompts = tokenizer(["ab", "a much longer prompt"], return_tensors="pt", padding=True)
     greedy = SamplingParams(max_new_tokens=5, do_sample=False)
-    out = (
-        HFGenerateEngine()
-        .generate(
-            model,
-            prompts.input_ids,
-            prompts.attention_mask,
-            3,
-            greedy,
-            tokenizer.pad_token_id,
-            [tokenizer.eos_token_id],
-        )
-        .completion_ids
-    )
+    out = run_engine(
+        HFGenerateEngine(),
+        model,
+        prompts.input_ids,
+        prompts.attention_mask,
+        3,
+        greedy,
+        tokenizer.pad_token_id,
+        [tokenizer.eos_token_id],
+    ).completion_ids
     assert out.shape[0] == 6 and out.shape[1] <= 5
     # Greedy: the 3 samples of a prompt are identical and follow that prompt (rows 0-2, 3-5).
     assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
-    single = (
-        HFGenerateEngine()
-        .generate(
-            model,
-            prompts.input_ids[1:],
-            prompts.attention_mask[1:],
-            1,
-            greedy,
-            tokenizer.pad_token_id,
-            [tokenizer.eos_token_id],
-        )
-        .completion_ids
-    )
+    single = run_engine(
+        HFGenerateEngine(),
+        model,
+        prompts.input_ids[1:],
+        prompts.attention_mask[1:],
+        1,
+        greedy,
+        tokenizer.pad_token_id,
+        [tokenizer.eos_token_id],
+    ).completion_ids
     assert torch.equal(out[3, : single.shape[1]], single[0])
     assert model.training
 
@@ -72,19 +67,16 @@ def test_sampling_is_seeded(tiny_model_dir):
 
     def sample(seed):
         torch.manual_seed(seed)
-        return (
-            HFGenerateEngine()
-            .generate(
-                model,
-                prompts.input_ids,
-                prompts.attention_mask,
-                4,
-                sampling,
-                tokenizer.pad_token_id,
-                [tokenizer.eos_token_id],
-            )
-            .completion_ids
-        )
+        return run_engine(
+            HFGenerateEngine(),
+            model,
+            prompts.input_ids,
+            prompts.attention_mask,
+            4,
+            sampling,
+            tokenizer.pad_token_id,
+            [tokenizer.eos_token_id],
+        ).completion_ids
 
     assert torch.equal(sample(0), sample(0))
     assert not torch.equal(sample(0), sample(1))

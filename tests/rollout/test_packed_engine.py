@@ -17,6 +17,7 @@ from lit_rl.rollout.decoder import (
     prefill_mask,
     unsupported_reason,
 )
+from tests.conftest import sample
 
 PROMPTS = ["ab", "a much longer prompt", "xyz?"]
 
@@ -107,7 +108,7 @@ def test_decoder_logits_match_the_model_at_every_step(tiny_model_dir, setup, pre
 def generate(engine, model, setup, sampling, eos=None, num_generations=2):
     tokenizer, ids, mask = setup
     eos = [tokenizer.eos_token_id] if eos is None else eos
-    return engine.generate(model, ids, mask, num_generations, sampling, tokenizer.pad_token_id, eos)
+    return sample(engine, model, ids, mask, num_generations, sampling, tokenizer.pad_token_id, eos)
 
 
 def test_greedy_tokens_equal_generate_including_eos_padding(tiny_model_dir, setup):
@@ -180,7 +181,8 @@ def test_unsupported_models_fall_back_to_generate(setup):
         PackedDecoder(gpt2)
     greedy = SamplingParams(max_new_tokens=5, do_sample=False)
     ours = generate(PackedEngine(), gpt2, setup, greedy)
-    assert ours.logprobs is None  # generate's path does not report them
+    reference = generate(HFGenerateEngine(), gpt2, setup, greedy)
+    assert torch.equal(ours.logprobs, reference.logprobs)  # generate's, reported as well
     assert torch.equal(
         ours.completion_ids, generate(HFGenerateEngine(), gpt2, setup, greedy).completion_ids
     )

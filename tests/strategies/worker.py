@@ -21,9 +21,14 @@ from torch.utils.data import DataLoader
 from lit_rl.callbacks import RolloutCallback
 from lit_rl.callbacks.checkpoint import export_policy
 from lit_rl.data import generate_problems
-from lit_rl.models import load_tokenizer
+from lit_rl.models import Sequences, completion_logprobs, load_tokenizer
 from lit_rl.modules import GRPOModule, PolicyModule, PPOModule
-from lit_rl.rollout import Generation, SamplingParams
+from lit_rl.rollout import (
+    Generation,
+    GenerationRequest,
+    InProcessEngine,
+    completion_mask_from_eos,
+)
 from lit_rl.strategies import FSDP2Strategy, full_state_dict
 from tests.byo_reward import ContainsTargetCharacter
 
@@ -32,36 +37,41 @@ GROUP = 2
 LENGTH = 7  # completion tokens at most
 
 
-class FixedEngine:
+class FixedEngine(InProcessEngine):
     """Completions that depend only on the prompt's tokens and the sample's index in its
-    group: the same rows whatever the batch, the padding or the number of processes."""
+    group: the same rows whatever the batch, the padding or the number of processes; their
+    logprobs are the synced policy's."""
 
-    def generate(
-        self,
-        model: torch.nn.Module,
-        prompt_ids: torch.Tensor,
-        prompt_mask: torch.Tensor,
-        num_generations: int,
-        sampling: SamplingParams,
-        pad_token_id: int,
-        eos_token_ids: list[int],
-    ) -> Generation:
+    name = "FixedEngine"
+
+    @torch.no_grad()
+    def generate(self, request: GenerationRequest) -> Generation:
+        model = self.synced_policy()
         # The engine must see whole weights (gathered once for the rollout), never shards.
         sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
         if sharded:
             raise AssertionError(f"the engine was handed sharded weights: {sharded[:2]}")
         rows = []
-        for ids, mask in zip(prompt_ids, prompt_mask.bool(), strict=True):
+        for ids, mask in zip(request.prompt_ids, request.prompt_mask.bool(), strict=True):
             key = int((ids[mask] * torch.arange(1, int(mask.sum()) + 1)).sum())
-            for g in range(num_generations):
+            for g in range(request.num_generations):
                 generator = torch.Generator().manual_seed(key * 10 + g)
                 row = torch.randint(10, 90, (LENGTH,), generator=generator)
                 stop = int(torch.randint(2, LENGTH + 1, (1,), generator=generator))
                 if stop < LENGTH:  # an EOS ends the row early, padding after it
-                    row[stop - 1] = eos_token_ids[0]
-                    row[stop:] = pad_token_id
+                    row[stop - 1] = request.eos_token_ids[0]
+                    row[stop:] = request.pad_token_id
                 rows.append(row)
-        return Generation(torch.stack(rows))
+        completion_ids = torch.stack(rows)
+        prompt_ids, prompt_mask = request.repeated_prompts()
+        sequences = Sequences(
+            torch.cat([prompt_ids, completion_ids], 1),
+            torch.cat([prompt_mask, torch.ones_like(completion_ids)], 1),
+            LENGTH,
+        )
+        logprobs, _ = completion_logprobs(model, sequences, request.sampling.temperature, 64)
+        sampled = completion_mask_from_eos(completion_ids, request.eos_token_ids)
+        return self.answer(completion_ids, logprobs.masked_fill(~sampled, 0.0))
 
 
 class FixedPrompts(LightningDataModule):
@@ -149,6 +159,7 @@ def run(
 ) -> None:
     torch.manual_seed(0)
     module = build_module(case, model_dir)
+    module.engine = FixedEngine()
     metrics = Metrics()
     trainer = Trainer(
         accelerator="cpu",
@@ -156,7 +167,7 @@ def run(
         strategy=strategy_for(strategy),
         # ``steps`` Experiences; PPO takes ppo_epochs optimizer steps on each
         max_steps=steps * module.update_epochs * module.num_mini_batches,
-        callbacks=[RolloutCallback(FixedEngine()), metrics],
+        callbacks=[RolloutCallback(), metrics],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -1,0 +1,80 @@
+"""The gap between the rollout engine's distribution and the trainer's, and corrections for it.
+
+Both score the same sampled tokens with the same weights, so in exact arithmetic they agree;
+kernels, dtypes (a bf16 engine beside a float32 trainer) and bugs (an engine that missed a
+weight sync) make them differ. Tokens are drawn from the engine, pi_s; the trainer's pi_old is
+what the loss takes as the behaviour policy. Per token, ``rho = pi_old / pi_s``.
+"""
+
+from typing import Literal
+
+import torch
+
+from lit_rl.algorithms.distributed import global_max, global_mean
+
+SamplerCorrection = Literal["none", "token_tis", "sequence_tis", "token_mask", "sequence_mask"]
+
+
+def sampler_mismatch(
+    trainer_logprobs: torch.Tensor,  # [N, T] log pi_old of the sampled tokens
+    sampler_logprobs: torch.Tensor,  # [N, T] log pi_s, the engine's
+    completion_mask: torch.Tensor,  # [N, T] bool
+    token_threshold: float = 0.5,
+    across_processes: bool = False,
+) -> dict[str, torch.Tensor]:
+    """How far the engine samples from the trainer's policy, over counted tokens:
+
+    - ``k3``: mean of ``rho - 1 - log rho``, an unbiased estimate of KL(pi_s || pi_old)
+      (Schulman's k3, tokens drawn from pi_s); 0 only when the two agree.
+    - ``max_abs``: the largest ``|log pi_old - log pi_s|`` of any token.
+    - ``frac_over``: the fraction of tokens with ``|log pi_old - log pi_s| > token_threshold``.
+
+    ``across_processes``: over every process's tokens together.
+    """
+    log_rho = (trainer_logprobs - sampler_logprobs)[completion_mask].double()
+    gap = log_rho.abs()
+    mean, maximum = (global_mean, global_max) if across_processes else (torch.mean, torch.max)
+    if len(log_rho) == 0 and not across_processes:
+        zero = log_rho.new_zeros(())
+        return {"k3": zero, "max_abs": zero, "frac_over": zero}
+    return {
+        "k3": mean(torch.expm1(log_rho) - log_rho),
+        "max_abs": maximum(gap),
+        "frac_over": mean((gap > token_threshold).double()),
+    }
+
+
+def sampler_correction_weights(
+    trainer_logprobs: torch.Tensor,  # [N, T] log pi_old
+    sampler_logprobs: torch.Tensor,  # [N, T] log pi_s
+    completion_mask: torch.Tensor,  # [N, T] bool
+    correction: SamplerCorrection,
+    low: float = 0.5,
+    high: float = 2.0,
+) -> torch.Tensor:  # [N, T] float32, detached, 0 on padding
+    """Per-token weights that multiply the policy-gradient term of the loss, correcting for
+    tokens that were sampled from pi_s rather than pi_old (docs/algorithms/rollout-correction.md):
+
+    - ``token_tis``: truncated importance sampling (Yao et al., 2025), ``min(rho_t, high)``.
+    - ``sequence_tis``: the sequence's ratio ``rho(y) = prod_t rho_t``, ``min(rho(y), high)``
+      for every token of the sequence.
+    - ``token_mask``: masked importance sampling per token (IcePop, Ling Team 2025): weight 1
+      where ``low <= rho_t <= high``, 0 elsewhere (the token is dropped from the gradient).
+    - ``sequence_mask``: the same on ``rho(y)``: a sequence outside ``[low, high]`` is dropped.
+    - ``none``: 1 everywhere.
+    """
+    mask = completion_mask.float()
+    if correction == "none":
+        return mask
+    log_rho = ((trainer_logprobs - sampler_logprobs) * mask).detach().float()
+    if correction.startswith("sequence"):
+        log_rho = log_rho.sum(dim=1, keepdim=True).expand_as(mask)
+    if correction.endswith("tis"):
+        return torch.exp(log_rho).clamp(max=high) * mask
+    if correction.endswith("mask"):
+        rho = torch.exp(log_rho)
+        return ((rho >= low) & (rho <= high)).float() * mask
+    raise ValueError(
+        f"unknown sampler correction {correction!r}: use none, token_tis, sequence_tis, "
+        "token_mask or sequence_mask"
+    )

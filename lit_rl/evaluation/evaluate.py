@@ -1,0 +1,107 @@
+"""One batch of held-out problems through the run's engine: greedy and sampled completions,
+scored by the run's reward."""
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lit_rl.experience import ExperienceModule
+from lit_rl.rewards.math import extract_answer
+from lit_rl.rollout import GenerationRequest, SamplingParams
+
+
+@dataclass
+class EvaluationPlan:
+    """How the held-out split is scored.
+
+    Args:
+        num_samples: n completions sampled per problem (at the training temperature and
+            top_p) for pass@1, pass@n and maj@n; 0 = greedy accuracy only.
+        success_threshold: a completion is correct when the reward's total reaches this.
+        answer_extractor: the final answer of a completion, for the majority vote (a
+            completion without one does not vote).
+    """
+
+    num_samples: int = 4
+    success_threshold: float = 1.0
+    answer_extractor: Callable[[str], str | None] = extract_answer
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 0:
+            raise ValueError(f"EvaluationPlan.num_samples must be >= 0, got {self.num_samples}")
+
+
+@dataclass
+class EvaluationBatch:
+    """B problems' outcomes."""
+
+    greedy_correct: torch.Tensor  # [B] bool
+    greedy_reward: torch.Tensor  # [B] float32
+    greedy_length: torch.Tensor  # [B] long, completion tokens through EOS
+    sample_correct: torch.Tensor | None  # [B, n] bool, n = num_samples (None when 0)
+    majority_correct: torch.Tensor | None  # [B] bool: the most voted answer is correct
+
+
+def majority_correct(
+    answers: list[list[str | None]],  # B x n final answers (None = no answer)
+    correct: torch.Tensor,  # [B, n] bool
+) -> torch.Tensor:  # [B] bool
+    """Per problem, whether the most frequent answer among its samples is correct (maj@n,
+    self-consistency: Wang et al., 2023). Ties go to the answer seen first; a problem whose
+    samples give no answer counts as wrong."""
+    result = torch.zeros(len(answers), dtype=torch.bool)
+    for i, row in enumerate(answers):
+        votes = Counter(answer for answer in row if answer is not None)
+        if not votes:
+            continue
+        top = max(votes.values())
+        winner = next(answer for answer in row if answer is not None and votes[answer] == top)
+        result[i] = bool(correct[i, row.index(winner)])
+    return result
+
+
+@torch.no_grad()
+def evaluate_batch(
+    module: ExperienceModule, batch: dict[str, Any], plan: EvaluationPlan, where: str
+) -> EvaluationBatch:
+    """Greedy completions of ``batch``'s prompts (and ``plan.num_samples`` sampled ones per
+    prompt), scored by the module's reward."""
+    spec = module.experience_spec()
+    fields = {key: values for key, values in batch.items() if isinstance(values, list)}
+
+    def completions(num: int, sampling: SamplingParams) -> tuple[torch.Tensor, list[str], Any]:
+        request = GenerationRequest(
+            batch["input_ids"],
+            batch["attention_mask"],
+            num,
+            sampling,
+            spec.pad_token_id,
+            spec.eos_token_ids,
+        )
+        mask, texts = module.decode_completions(module.generate(request).completion_ids)
+        repeated = {key: [v for v in values for _ in range(num)] for key, values in fields.items()}
+        output = module.score(repeated["prompt"], texts, repeated, where)
+        return mask, texts, output.total.float()
+
+    greedy = SamplingParams(spec.sampling.max_new_tokens, do_sample=False)
+    mask, _, reward = completions(1, greedy)
+    sample_correct = majority = None
+    n = plan.num_samples
+    if n > 0:
+        _, texts, sample_reward = completions(n, spec.sampling)
+        sample_correct = (sample_reward >= plan.success_threshold).view(-1, n)
+        answers = [
+            [plan.answer_extractor(text) for text in texts[i * n : (i + 1) * n]]
+            for i in range(len(texts) // n)
+        ]
+        majority = majority_correct(answers, sample_correct)
+    return EvaluationBatch(
+        greedy_correct=reward >= plan.success_threshold,
+        greedy_reward=reward,
+        greedy_length=mask.sum(dim=1),
+        sample_correct=sample_correct,
+        majority_correct=majority,
+    )
