@@ -102,7 +102,13 @@ def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), logprob_check=Non
 
 
 def fit_rollouts(
-    module, model_dir, steps: int = 1, callbacks: tuple = (), engine=None, **data_args
+    module,
+    model_dir,
+    steps: int = 1,
+    callbacks: tuple = (),
+    engine=None,
+    logprob_check=None,
+    **data_args,
 ):
     """Train ``module`` for ``steps`` optimizer steps on the embedded math prompts, tokenized for
     the model in ``model_dir``, with ``engine`` as its rollout engine when given;
@@ -112,7 +118,7 @@ def fit_rollouts(
     if engine is not None:
         module.engine = engine
     settings = dict(tokenizer=str(model_dir), batch_size=2, num_train=8, num_val=2)
-    trainer = rollout_trainer(steps, callbacks)
+    trainer = rollout_trainer(steps, callbacks, logprob_check)
     trainer.fit(module, PromptDataModule(**{**settings, **data_args}))
     return trainer
 

@@ -249,3 +249,33 @@ def test_every_module_argument_has_help_text(module, capsys):
         and following.strip().startswith("(type:")
     ]
     assert not undocumented, undocumented
+
+
+def test_validate_prints_the_evaluation_table_for_a_checkpoint_and_an_export(
+    tiny_model_dir, tmp_path, caplog
+):
+    common = [
+        "--config",
+        "recipes/grpo_math_local.yaml",
+        f"--model.init_args.model={tiny_model_dir}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        *TINY,
+    ]
+    run_cli(["fit", *common, "--trainer.max_steps=2"])
+    checkpoints = tmp_path / "grpo_math_local" / "version_0" / "checkpoints"
+    with caplog.at_level("INFO"):
+        from_checkpoint = run_cli(["validate", *common, f"--ckpt_path={checkpoints / 'last.ckpt'}"])
+        exported = run_cli(
+            [
+                "validate",
+                *common,
+                f"--model.init_args.model={checkpoints / 'policy'}",
+                "--model.init_args.lora=null",
+            ]
+        )
+    tables = [r.getMessage() for r in caplog.records if "lit_rl evaluation (" in r.getMessage()]
+    assert len(tables) == 2 and "pass@4" in tables[0] and "maj@4" in tables[1]
+    # The exported directory (merged weights) scores as the checkpoint (adapters) does.
+    ours, theirs = (cli.trainer.callback_metrics for cli in (from_checkpoint, exported))
+    assert ours["val/greedy_accuracy"] == theirs["val/greedy_accuracy"]
+    assert ours["val/completion_len"] == pytest.approx(theirs["val/completion_len"].item())

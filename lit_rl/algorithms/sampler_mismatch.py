@@ -13,6 +13,7 @@ import torch
 from lit_rl.algorithms.distributed import global_max, global_mean
 
 SamplerCorrection = Literal["none", "token_tis", "sequence_tis", "token_mask", "sequence_mask"]
+SAMPLER_CORRECTIONS = ("none", "token_tis", "sequence_tis", "token_mask", "sequence_mask")
 
 
 def sampler_mismatch(
@@ -34,9 +35,6 @@ def sampler_mismatch(
     log_rho = (trainer_logprobs - sampler_logprobs)[completion_mask].double()
     gap = log_rho.abs()
     mean, maximum = (global_mean, global_max) if across_processes else (torch.mean, torch.max)
-    if len(log_rho) == 0 and not across_processes:
-        zero = log_rho.new_zeros(())
-        return {"k3": zero, "max_abs": zero, "frac_over": zero}
     return {
         "k3": mean(torch.expm1(log_rho) - log_rho),
         "max_abs": maximum(gap),
@@ -63,18 +61,17 @@ def sampler_correction_weights(
     - ``sequence_mask``: the same on ``rho(y)``: a sequence outside ``[low, high]`` is dropped.
     - ``none``: 1 everywhere.
     """
+    if correction not in SAMPLER_CORRECTIONS:
+        raise ValueError(
+            f"unknown sampler correction {correction!r}: use one of {SAMPLER_CORRECTIONS}"
+        )
     mask = completion_mask.float()
     if correction == "none":
         return mask
     log_rho = ((trainer_logprobs - sampler_logprobs) * mask).detach().float()
     if correction.startswith("sequence"):
         log_rho = log_rho.sum(dim=1, keepdim=True).expand_as(mask)
+    rho = torch.exp(log_rho)
     if correction.endswith("tis"):
-        return torch.exp(log_rho).clamp(max=high) * mask
-    if correction.endswith("mask"):
-        rho = torch.exp(log_rho)
-        return ((rho >= low) & (rho <= high)).float() * mask
-    raise ValueError(
-        f"unknown sampler correction {correction!r}: use none, token_tis, sequence_tis, "
-        "token_mask or sequence_mask"
-    )
+        return rho.clamp(max=high) * mask
+    return ((rho >= low) & (rho <= high)).float() * mask

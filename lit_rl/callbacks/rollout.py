@@ -126,7 +126,10 @@ class RolloutCallback(Callback):
                 f"rollout/logprob_mismatch_{name}", value.float(), batch_size=len(experience)
             )
         check.verify(
-            mismatch["k3"], float(mismatch["max_abs"]), pl_module.engine.name, trainer.global_step
+            mismatch["k3"],
+            float(mismatch["max_abs"]),
+            pl_module.engine.name,
+            experience.weights_version,
         )
 
     def state_dict(self) -> dict[str, Any]:

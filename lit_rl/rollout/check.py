@@ -48,12 +48,13 @@ class LogprobCheck:
         self.last_warned_k3 = 0.0
 
     def verify(self, k3: torch.Tensor | float, max_abs: float, engine: str, step: int) -> None:
+        """Warn or stop on the mismatch of the rollout sampled at optimizer step ``step``."""
         k3 = float(k3)
         if not self.enabled or k3 <= self.warn_k3:
             return
         message = (
-            f"{engine} at step {step}: its logprobs of its own samples differ from the "
-            f"trainer's by k3 = {k3:.3g} (largest token gap {max_abs:.3g} nats)"
+            f"{engine}, rollout of step {step}: its logprobs of its own samples differ from "
+            f"the trainer's by k3 = {k3:.3g} (largest token gap {max_abs:.3g} nats)"
         )
         if k3 > self.error_k3 or k3 != k3:
             raise SamplerMismatchError(

@@ -8,6 +8,8 @@ import gc
 import importlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,6 +21,27 @@ from torch import nn
 from lit_rl.models.lora import merged_state_dict
 from lit_rl.rollout.engine import NOT_SYNCED, trained_weights, weights_fingerprint
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
+
+
+@contextmanager
+def launcher_environment() -> Iterator[None]:
+    """The variables vLLM's in-process launcher reads (a torchrun-started process has them;
+    a single Lightning process does not), set for the engine's creation only: left behind,
+    they would tell every later Lightning launch that it is one process of one."""
+    defaults = {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "localhost",
+        "MASTER_PORT": "29511",
+    }
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            del os.environ[name]
 
 
 def import_vllm() -> ModuleType:
@@ -96,30 +119,27 @@ class VLLMEngine:
         base = policy.get_base_model() if is_peft else policy
         self.uses_adapter = is_peft and self.lora_as_adapter
         rank = int(os.environ.get("RANK", 0))
-        # In-process workers ("external_launcher"): vLLM's model is this process's, so a sync
-        # is a copy on the GPU, and every training process has its own engine.
-        for name, default in [("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")]:
-            os.environ.setdefault(name, default)
-        os.environ.setdefault("MASTER_ADDR", "localhost")
-        os.environ.setdefault("MASTER_PORT", "29511")
         lora: dict[str, Any] = {}
         if self.uses_adapter:
             config = policy.peft_config[policy.active_adapter]
             lora = dict(enable_lora=True, max_lora_rank=config.r, max_loras=1)
             self.lora_request_class = importlib.import_module("vllm.lora.request").LoRARequest
             self.adapter_dir = tempfile.TemporaryDirectory(prefix="lit_rl-vllm-lora-")
-        self.llm = vllm.LLM(
-            model=base.config._name_or_path,
-            dtype=self.dtype,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            enable_sleep_mode=self.sleep_mode,
-            max_num_seqs=self.max_num_seqs,
-            enforce_eager=self.enforce_eager,
-            distributed_executor_backend="external_launcher",
-            seed=self.seed + rank,
-            logprobs_mode="processed_logprobs",
-            **lora,
-        )
+        # In-process workers ("external_launcher"): vLLM's model is this process's, so a sync
+        # is a copy on the GPU, and every training process has its own engine.
+        with launcher_environment():
+            self.llm = vllm.LLM(
+                model=base.config._name_or_path,
+                dtype=self.dtype,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                enable_sleep_mode=self.sleep_mode,
+                max_num_seqs=self.max_num_seqs,
+                enforce_eager=self.enforce_eager,
+                distributed_executor_backend="external_launcher",
+                seed=self.seed + rank,
+                logprobs_mode="processed_logprobs",
+                **lora,
+            )
 
     def sync_weights(self, policy: nn.Module, version: int) -> float:
         if self.uses_adapter:

@@ -1,0 +1,116 @@
+"""The engine check: a stale engine is caught at the step it goes stale, by name; the
+logprob mismatch metrics measure a known gap exactly."""
+
+import copy
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from lit_rl.modules import GRPOModule
+from lit_rl.rollout import (
+    Generation,
+    GenerationRequest,
+    InProcessEngine,
+    LogprobCheck,
+    PackedEngine,
+    SamplerMismatchError,
+    SamplerMismatchWarning,
+    StaleWeightsError,
+    completion_mask_from_eos,
+    trained_weights,
+    weights_fingerprint,
+)
+from tests.conftest import fit_rollouts, tiny_module_args
+
+
+class CopyingEngine(InProcessEngine):
+    """Samples from its own copy of the policy, taken at each sync, like an engine that holds
+    its own weights; ``skip_version``: the sync it silently skips (keeping the old copy);
+    ``lie``: report the live policy's fingerprint all the same; ``shift``: added to every
+    reported logprob."""
+
+    name = "CopyingEngine"
+
+    def __init__(self, skip_version: int | None = None, lie: bool = False, shift: float = 0.0):
+        super().__init__()
+        self.skip_version, self.lie, self.shift = skip_version, lie, shift
+        self.inner = PackedEngine()
+        self.copy: torch.nn.Module | None = None
+
+    def sync_weights(self, policy: torch.nn.Module, version: int) -> float:
+        if version != self.skip_version:
+            self.copy = copy.deepcopy(policy)
+            self.inner.sync_weights(self.copy, version)
+        self.weights_version = version
+        self.weights_fingerprint = weights_fingerprint(
+            trained_weights(policy if self.lie else self.copy)
+        )
+        return self.weights_fingerprint
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        out = self.inner.generate(request)
+        counted = completion_mask_from_eos(out.completion_ids, request.eos_token_ids)
+        logprobs = out.logprobs + self.shift * counted
+        return Generation(
+            out.completion_ids, logprobs, self.weights_version, self.weights_fingerprint
+        )
+
+
+def _fit(tiny_model_dir, engine, steps, check=None):
+    torch.manual_seed(0)
+    module = GRPOModule(**tiny_module_args(tiny_model_dir, learning_rate=5e-2))
+    return fit_rollouts(module, tiny_model_dir, steps, engine=engine, logprob_check=check)
+
+
+def test_an_engine_that_skips_a_sync_is_named_at_that_step(tiny_model_dir):
+    with pytest.raises(StaleWeightsError, match="CopyingEngine was synced to weights version 1"):
+        _fit(tiny_model_dir, CopyingEngine(skip_version=1), steps=3)
+
+
+def test_a_stale_engine_that_reports_the_new_fingerprint_fails_the_logprob_check(tiny_model_dir):
+    check = LogprobCheck(warn_k3=1e-5, error_k3=1e-4)
+    with pytest.raises(SamplerMismatchError, match="CopyingEngine, rollout of step 1: .* k3 = "):
+        _fit(tiny_model_dir, CopyingEngine(skip_version=1, lie=True), steps=3, check=check)
+    # The same run with an engine that syncs: the check passes every step.
+    trainer = _fit(tiny_model_dir, CopyingEngine(), steps=3, check=check)
+    assert trainer.callback_metrics["rollout/logprob_mismatch_k3"].item() < 1e-9
+
+
+def test_a_known_logprob_shift_gives_the_expected_metrics(tiny_model_dir):
+    shift = 0.1
+    check = LogprobCheck(warn_k3=1e-3, error_k3=1.0, token_threshold=0.05)
+    with pytest.warns(SamplerMismatchWarning, match="CopyingEngine, rollout of step 0"):
+        trainer = _fit(tiny_model_dir, CopyingEngine(shift=shift), steps=1, check=check)
+    logged = trainer.callback_metrics
+    # log rho = log pi_trainer - log pi_engine = -shift on every token.
+    expected_k3 = math.exp(-shift) - 1 + shift
+    assert logged["rollout/logprob_mismatch_k3"].item() == pytest.approx(expected_k3, rel=1e-4)
+    assert logged["rollout/logprob_mismatch_max_abs"].item() == pytest.approx(shift, rel=1e-4)
+    assert logged["rollout/logprob_mismatch_frac_over"].item() == 1.0
+
+
+def test_the_default_engine_logs_its_version_and_fingerprint_every_step(tiny_model_dir):
+    fingerprints = []
+
+    class Fingerprints(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ANN001
+            metrics = trainer.callback_metrics
+            fingerprints.append(
+                (
+                    int(metrics["rollout/weights_version"]),
+                    float(metrics["rollout/weights_fingerprint"]),
+                    weights_fingerprint(trained_weights(pl_module.policy)),
+                )
+            )
+
+    torch.manual_seed(0)
+    module = GRPOModule(**tiny_module_args(tiny_model_dir))
+    fit_rollouts(module, tiny_model_dir, 3, callbacks=(Fingerprints(),))
+    assert [version for version, _, _ in fingerprints] == [0, 1, 2]
+    # Each rollout's fingerprint is the weights before that step's update: the previous
+    # step's weights after it (logged as float32).
+    for (_, sampled, _), (_, _, after) in zip(fingerprints[1:], fingerprints, strict=False):
+        assert sampled == pytest.approx(after, rel=1e-6)
+    assert len({sampled for _, sampled, _ in fingerprints}) == 3
