@@ -37,6 +37,7 @@ from lit_rl.algorithms.losses import (
     value_loss,
 )
 from lit_rl.algorithms.sampler_mismatch import (
+    SAMPLER_CORRECTIONS,
     SamplerCorrection,
     sampler_correction_weights,
     sampler_mismatch,
@@ -44,6 +45,7 @@ from lit_rl.algorithms.sampler_mismatch import (
 from lit_rl.algorithms.shaping import token_level_rewards
 
 __all__ = [
+    "SAMPLER_CORRECTIONS",
     "AdaptiveKLController",
     "Aggregation",
     "KLEstimator",

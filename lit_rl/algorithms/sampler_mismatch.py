@@ -51,7 +51,7 @@ def sampler_correction_weights(
     high: float = 2.0,
 ) -> torch.Tensor:  # [N, T] float32, detached, 0 on padding
     """Per-token weights that multiply the policy-gradient term of the loss, correcting for
-    tokens that were sampled from pi_s rather than pi_old (docs/algorithms/rollout-correction.md):
+    tokens that were sampled from pi_s rather than pi_old (docs/rollout.md):
 
     - ``token_tis``: truncated importance sampling (Yao et al., 2025), ``min(rho_t, high)``.
     - ``sequence_tis``: the sequence's ratio ``rho(y) = prod_t rho_t``, ``min(rho(y), high)``

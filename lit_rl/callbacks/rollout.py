@@ -16,6 +16,7 @@ from lit_rl.experience import (
     missing_experience_members,
 )
 from lit_rl.rollout import LogprobCheck
+from lit_rl.strategies import FSDP2Strategy
 
 
 class RolloutCallback(Callback):
@@ -39,6 +40,7 @@ class RolloutCallback(Callback):
     def __init__(self, logprob_check: LogprobCheck | None = None) -> None:
         self.logprob_check = logprob_check or LogprobCheck()
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
+        self.low_precision = False  # the policy computes in bf16/fp16; set at fit start
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         missing = missing_experience_members(pl_module)
@@ -52,6 +54,11 @@ class RolloutCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the policy exists (setup runs before it is built).
         self._check_context(trainer, pl_module)
+        # The check's default thresholds follow the precision the policy computes in.
+        strategy = trainer.strategy
+        self.low_precision = (
+            isinstance(strategy, FSDP2Strategy) and strategy.computes_in_bf16
+        ) or any(p.dtype in (torch.bfloat16, torch.float16) for p in pl_module.policy.parameters())
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # seed_everything gives every process the same seed, so each would draw the same
@@ -130,6 +137,7 @@ class RolloutCallback(Callback):
             float(mismatch["max_abs"]),
             pl_module.engine.name,
             experience.weights_version,
+            self.low_precision,
         )
 
     def state_dict(self) -> dict[str, Any]:

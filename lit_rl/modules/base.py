@@ -1,7 +1,7 @@
 """PolicyModule: what every RL LightningModule shares (the models, the rollout engine, the
-reward, the optimizer, the update loop over one Experience, held-out evaluation). Algorithms subclass it and add their
-advantage estimator and loss; the networks live in ``lit_rl.models.PolicyModels``, built in
-``configure_model``."""
+reward, the optimizer, the update loop over one Experience, held-out evaluation). Algorithms
+subclass it and add their advantage estimator and loss; the networks live in
+``lit_rl.models.PolicyModels``, built in ``configure_model``."""
 
 import dataclasses
 from collections import defaultdict
@@ -17,6 +17,7 @@ from peft import LoraConfig
 from torch import nn
 
 from lit_rl.algorithms import (
+    SAMPLER_CORRECTIONS,
     Aggregation,
     SamplerCorrection,
     aggregation_count,
@@ -92,6 +93,8 @@ class PolicyModule(LightningModule):
             prompts per batch x num_generations).
         gradient_accumulation_steps: micro-batches per minibatch, to bound memory; the
             accumulated gradient equals the minibatch's (weighted by the loss aggregation).
+            The default 2 halves the update's saved activations, which set a CPU step's peak
+            memory, for ~5% of the update's time (docs/benchmarks.md).
         activation_checkpointing: recompute each decoder layer's activations in the backward
             pass instead of storing them: less peak memory for more update time (see
             docs/benchmarks.md); dropout stays off either way.
@@ -104,7 +107,7 @@ class PolicyModule(LightningModule):
             pass@n, maj@n; ``lit_rl.evaluation.EvaluationPlan``).
         sampler_correction: reweight the policy gradient for the gap between the engine's
             distribution and the trainer's (``none``, ``token_tis``, ``sequence_tis``,
-            ``token_mask``, ``sequence_mask``; docs/algorithms/rollout-correction.md).
+            ``token_mask``, ``sequence_mask``; docs/rollout.md).
         sampler_correction_bounds: ``(low, high)``: the masks keep ratios in [low, high]; TIS
             truncates at high.
     """
@@ -124,7 +127,7 @@ class PolicyModule(LightningModule):
         warmup_steps: int = 0,
         max_grad_norm: float = 1.0,
         num_mini_batches: int = 1,
-        gradient_accumulation_steps: int = 1,
+        gradient_accumulation_steps: int = 2,
         activation_checkpointing: bool = False,
         logprob_chunk_size: int = 256,
         engine: RolloutEngine | None = None,
@@ -154,6 +157,11 @@ class PolicyModule(LightningModule):
             (
                 gradient_accumulation_steps >= 1,
                 f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}",
+            ),
+            (
+                sampler_correction in SAMPLER_CORRECTIONS,
+                f"sampler_correction must be one of {SAMPLER_CORRECTIONS}, got "
+                f"{sampler_correction!r}",
             ),
             (
                 0 <= sampler_correction_bounds[0] < 1 < sampler_correction_bounds[1],

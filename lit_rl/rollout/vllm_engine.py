@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from lit_rl.models.lora import merged_state_dict
 from lit_rl.rollout.engine import NOT_SYNCED, trained_weights, weights_fingerprint
@@ -113,6 +114,12 @@ class VLLMEngine:
                 f"VLLMEngine with top_p={sampling.top_p}: vLLM's logprobs would be of the "
                 "renormalised nucleus, not the tempered distribution the trainer scores; use "
                 "top_p: 1.0, or HFGenerateEngine"
+            )
+        if any(isinstance(module, FSDPModule) for module in policy.modules()):
+            raise ValueError(
+                "VLLMEngine does not sync FSDP2-sharded policies yet (its adapter and merged "
+                "state dicts would be shards): use strategy: ddp with VLLMEngine, or "
+                "HFGenerateEngine under FSDP2Strategy"
             )
         self.vllm = vllm = import_vllm()
         is_peft = isinstance(policy, PeftModel)

@@ -193,7 +193,12 @@ def test_activation_checkpointing_recomputes_layers_without_changing_gradients(t
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        module = _module(tiny_model_dir, lora=lora, activation_checkpointing=checkpointing)
+        module = _module(
+            tiny_model_dir,
+            lora=lora,
+            activation_checkpointing=checkpointing,
+            gradient_accumulation_steps=1,  # one forward per update: its layer calls counted
+        )
         probe = GradientsAndLayerCalls()
         _fit(module, tiny_model_dir, extra_callbacks=[probe])
         assert probe.dropout_on is False  # LoRA's dropout modules exist and stay off

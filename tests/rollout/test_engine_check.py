@@ -114,3 +114,37 @@ def test_the_default_engine_logs_its_version_and_fingerprint_every_step(tiny_mod
     for (_, sampled, _), (_, _, after) in zip(fingerprints[1:], fingerprints, strict=False):
         assert sampled == pytest.approx(after, rel=1e-6)
     assert len({sampled for _, sampled, _ in fingerprints}) == 3
+
+
+def test_the_default_thresholds_follow_the_precision():
+    check = LogprobCheck()
+    assert check.thresholds(low_precision=False) == (1e-6, 1e-4)
+    assert check.thresholds(low_precision=True) == (1e-2, 1e-1)
+    assert LogprobCheck(error_k3=0.5).thresholds(low_precision=True) == (1e-2, 0.5)
+
+
+def test_in_float32_the_default_check_stops_a_one_step_stale_engine(tiny_model_dir):
+    with pytest.raises(SamplerMismatchError, match="past error_k3 = 0.0001"):
+        _fit(tiny_model_dir, CopyingEngine(skip_version=1, lie=True), steps=3)
+
+
+def test_token_tis_scales_the_policy_gradient_by_the_truncated_ratio(tiny_model_dir):
+    # The engine reports logprobs 0.1 above the trainer's: rho = exp(-0.1) on every token, so
+    # with beta = 0 the whole gradient (its norm before clipping) scales by exactly rho.
+    norms = {}
+    for correction in ("none", "token_tis"):
+        torch.manual_seed(0)
+        module = GRPOModule(
+            **tiny_module_args(tiny_model_dir, beta=0.0, sampler_correction=correction)
+        )
+        check = LogprobCheck(enabled=False)
+        trainer = fit_rollouts(
+            module, tiny_model_dir, 1, engine=CopyingEngine(shift=0.1), logprob_check=check
+        )
+        norms[correction] = trainer.callback_metrics["train/grad_norm"].item()
+    assert norms["token_tis"] == pytest.approx(math.exp(-0.1) * norms["none"], rel=1e-5)
+
+
+def test_an_unknown_correction_is_named(tiny_model_dir):
+    with pytest.raises(ValueError, match="sampler_correction must be one of"):
+        GRPOModule(**tiny_module_args(tiny_model_dir, sampler_correction="tis"))
