@@ -54,10 +54,11 @@ def weights_fingerprint(tensors: Iterable[torch.Tensor]) -> float:
     (a step moves every trained entry, sampled or not). It names which version an engine holds;
     the logprob check tells whether it samples with it.
     """
-    total = torch.zeros((), dtype=torch.float64)
+    total: torch.Tensor | float = 0.0
     for index, tensor in enumerate(tensors):
-        sample = tensor.detach().reshape(-1)[::997].double().cpu()
-        total += (index + 1) * sample.sum() + sample.square().sum()
+        # On the tensor's own device: one transfer at the end, not one per tensor.
+        sample = tensor.detach().reshape(-1)[::997].double()
+        total = total + (index + 1) * sample.sum() + sample.square().sum()
     return float(total)
 
 

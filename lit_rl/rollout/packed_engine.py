@@ -5,7 +5,6 @@ from typing import Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from peft import PeftModel
-from torch import nn
 
 from lit_rl.models.sequences import position_ids_from_mask
 from lit_rl.rollout.decoder import PackedDecoder, prefill_mask, unsupported_reason
@@ -44,10 +43,6 @@ class PackedEngine(InProcessEngine):
         self.fallback = HFGenerateEngine()
         self._fallback_reasons: set[str] = set()
 
-    def sync_weights(self, policy: nn.Module, version: int) -> float:
-        self.fallback.sync_weights(policy, version)
-        return super().sync_weights(policy, version)
-
     @torch.no_grad()
     def generate(self, request: GenerationRequest) -> Generation:
         model = self.synced_policy()
@@ -56,6 +51,8 @@ class PackedEngine(InProcessEngine):
             if reason not in self._fallback_reasons:
                 self._fallback_reasons.add(reason)
                 rank_zero_info(f"lit_rl: sampling with transformers generate ({reason})")
+            if self.fallback.weights_version != self.weights_version:
+                self.fallback.sync_weights(model, self.weights_version)
             return self.fallback.generate(request)
         ids, prompt_valid = request.repeated_prompts()
         prompt_valid = prompt_valid.bool()
