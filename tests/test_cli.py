@@ -233,6 +233,30 @@ def test_ppo_recipe_trains_and_logs_the_documented_metrics(tiny_model_dir, tmp_p
     assert not any("lora" in name or "value" in name for name, _ in policy.named_parameters())
 
 
+# Recipes of the algorithm variants, each with its paper and equation in docs/algorithms/.
+VARIANTS = ["grpo_math_process"]
+
+
+@pytest.mark.parametrize("recipe", VARIANTS)
+def test_every_variant_recipe_trains_two_steps(recipe, tiny_model_dir, tmp_path):
+    run_cli(
+        [
+            "fit",
+            "--config",
+            f"recipes/{recipe}.yaml",
+            f"--model.init_args.model={tiny_model_dir}",
+            f"--data.init_args.tokenizer={tiny_model_dir}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2",
+            *TINY,
+        ]
+    )
+    scalars, _ = _scalars_and_text(tmp_path / recipe / "version_0")
+    assert {"train/loss", "rollout/reward", "val/greedy_accuracy"} <= scalars
+    assert (tmp_path / recipe / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
 @pytest.mark.parametrize("module", ["GRPOModule", "PPOModule"])
 def test_every_module_argument_has_help_text(module, capsys):
     # jsonargparse turns the Args: section of the docstrings into --help; an argument whose

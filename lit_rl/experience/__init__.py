@@ -20,7 +20,7 @@ from lit_rl.experience.estimators import (
 )
 from lit_rl.experience.experience import Experience
 from lit_rl.experience.pipeline import PromptBatch, make_experience
-from lit_rl.experience.steps import token_step_ends
+from lit_rl.experience.steps import stopped_at_eos, token_char_ends, token_step_ends
 
 __all__ = [
     "EXPERIENCE_KEY",
@@ -36,5 +36,7 @@ __all__ = [
     "TokenScores",
     "make_experience",
     "missing_experience_members",
+    "stopped_at_eos",
+    "token_char_ends",
     "token_step_ends",
 ]

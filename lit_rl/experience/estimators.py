@@ -65,14 +65,23 @@ class GroupNormalized(AdvantageEstimator):
 class ProcessSupervised(AdvantageEstimator):
     """GRPO process supervision (DeepSeekMath §4.1.3): step rewards normalized over the
     group, token t of completion i gets the sum of the normalized rewards of its steps that end
-    at or after t. Needs a reward that returns ``step_rewards`` and ``step_ends``.
+    at or after t. Needs a reward that returns ``step_rewards`` and ``step_ends``
+    (``lit_rl.rewards.ArithmeticSteps``, ``lit_rl.rewards.ProcessRewardModel``).
+
+    ``outcome_weight > 0`` adds the outcome advantage on every token,
+    ``A = A_process + outcome_weight * (r - mean(r)) / (std(r) + eps)``, for a process reward
+    whose steps do not decide the outcome on their own (a learned PRM beside a verifier).
 
     Args:
-        eps: added to the group's std of step rewards.
+        eps: added to the group's std of step rewards (and of outcome rewards).
+        outcome_weight: weight of the outcome-supervised advantage added to every token.
     """
 
-    def __init__(self, eps: float = 1e-4) -> None:
+    def __init__(self, eps: float = 1e-4, outcome_weight: float = 0.0) -> None:
+        if outcome_weight < 0:
+            raise ValueError(f"outcome_weight must be >= 0, got {outcome_weight}")
         self.eps = eps
+        self.outcome_weight = outcome_weight
 
     def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
         if inputs.step_rewards is None or inputs.step_ends is None:
@@ -87,7 +96,10 @@ class ProcessSupervised(AdvantageEstimator):
             inputs.group_size,
             inputs.completion_mask.shape[1],
             self.eps,
-        )
+        )  # [N, T]
+        if self.outcome_weight > 0:
+            outcome = group_normalized_advantages(inputs.rewards, inputs.group_size, eps=self.eps)
+            advantages = advantages + self.outcome_weight * outcome[:, None]
         return advantages * inputs.completion_mask, None
 
 

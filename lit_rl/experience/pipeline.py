@@ -9,7 +9,7 @@ from lit_rl.algorithms import kl_penalty, token_level_rewards
 from lit_rl.experience.contract import ExperienceModule
 from lit_rl.experience.estimators import AdvantageInputs
 from lit_rl.experience.experience import Experience
-from lit_rl.experience.steps import token_step_ends
+from lit_rl.experience.steps import stopped_at_eos, token_step_ends
 from lit_rl.models import Sequences
 from lit_rl.rollout import GenerationRequest
 
@@ -60,7 +60,12 @@ def make_experience(
     if reward.step_ends is not None:
         decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         step_ends = token_step_ends(
-            completion_ids, completion_mask, reward.step_ends.cpu(), decode
+            completion_ids.cpu(),
+            completion_mask.cpu(),
+            reward.step_ends.cpu(),
+            completions,
+            stopped_at_eos(completion_ids, completion_mask, spec.eos_token_ids).cpu(),
+            decode,
         ).to(device)
     seconds["scoring"], start = time.perf_counter() - start, time.perf_counter()
 

@@ -1,4 +1,5 @@
-"""Rewards: a Protocol, math correctness (math-verify), format, weighted sums, plain functions."""
+"""Rewards: a Protocol, math correctness (math-verify), format, weighted sums, plain functions,
+process rewards (rule-based arithmetic steps, a learned process reward model)."""
 
 from lit_rl.rewards.base import (
     Batch,
@@ -6,23 +7,31 @@ from lit_rl.rewards.base import (
     Reward,
     RewardFn,
     RewardOutput,
+    Step,
     check_reward_output,
     reward_name,
+    steps_output,
 )
 from lit_rl.rewards.combine import WeightedSum
 from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.math import MathCorrectness, extract_answer
+from lit_rl.rewards.process_model import ProcessRewardModel
+from lit_rl.rewards.steps import ArithmeticSteps
 
 __all__ = [
+    "ArithmeticSteps",
     "Batch",
     "FormatReward",
     "FunctionReward",
     "MathCorrectness",
+    "ProcessRewardModel",
     "Reward",
     "RewardFn",
     "RewardOutput",
+    "Step",
     "WeightedSum",
     "check_reward_output",
     "extract_answer",
     "reward_name",
+    "steps_output",
 ]

@@ -124,3 +124,20 @@ class FunctionReward:
                 f"numbers, got {type(values).__name__}: {err}"
             ) from err
         return RewardOutput(total=total, components={self.name: total})
+
+
+Step = tuple[float, int]  # (reward of a step, exclusive character offset where it ends)
+
+
+def steps_output(
+    total: torch.Tensor, steps: list[list[Step]], components: dict[str, torch.Tensor]
+) -> RewardOutput:
+    """A process reward's output from each completion's list of steps, padded to [N, S]
+    (``step_ends = -1`` past a completion's last step)."""
+    width = max(1, max(len(row) for row in steps))
+    step_rewards = torch.zeros(len(steps), width)
+    step_ends = torch.full((len(steps), width), -1, dtype=torch.long)
+    for i, row in enumerate(steps):
+        for j, (reward, end) in enumerate(row):
+            step_rewards[i, j], step_ends[i, j] = reward, end
+    return RewardOutput(total, components, step_rewards=step_rewards, step_ends=step_ends)

@@ -1,4 +1,4 @@
-"""Experience slicing, the estimators as wrappers of the pure functions, step-end mapping."""
+"""Experience slicing and the estimators as wrappers of the pure functions."""
 
 import pytest
 import torch
@@ -14,7 +14,6 @@ from lit_rl.experience import (
     AdvantageInputs,
     GroupNormalized,
     ProcessSupervised,
-    token_step_ends,
 )
 from tests.conftest import build_tokenizer, make_rollout
 
@@ -90,6 +89,13 @@ def test_process_supervised_wraps_the_pure_function_and_needs_step_rewards():
     assert advantages[0, 0] != advantages[0, 2]  # per token, not per completion
     with pytest.raises(ValueError, match="ProcessSupervised needs step rewards"):
         ProcessSupervised()(_inputs())
+    # With outcome_weight, the outcome advantage (r - mean) / (std + eps) joins every token.
+    combined, _ = ProcessSupervised(outcome_weight=0.5)(inputs)
+    # Group 1 (rows 0, 1): rewards 1 and 0, mean 0.5, sample std sqrt(0.5).
+    outcome = torch.tensor([0.5, -0.5, 0.0, 0.0]) / (0.5**0.5 + 1e-4)
+    torch.testing.assert_close(
+        combined, (expected + 0.5 * outcome[:, None]) * inputs.completion_mask
+    )
 
 
 def test_gae_estimator_whitens_advantages_and_returns_unwhitened_targets():
@@ -107,16 +113,3 @@ def test_gae_estimator_whitens_advantages_and_returns_unwhitened_targets():
     assert GAE.needs_values and not GroupNormalized.needs_values
     with pytest.raises(ValueError, match="GAE needs values"):
         GAE()(_inputs(values=None))
-
-
-def test_step_ends_map_character_offsets_to_tokens():
-    tokenizer = build_tokenizer()  # one token per character, special tokens decode to ""
-    text_ids = tokenizer("ab<|im_start|>cd", add_special_tokens=False).input_ids
-    assert len(text_ids) == 5
-    ids = torch.tensor([text_ids + [tokenizer.pad_token_id]])  # one padding token after
-    mask = torch.tensor([[True] * 5 + [False]])
-    decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
-    # "ab" ends at token 1; "abc" at token 3 (after the empty special token); past the end and
-    # at the end -> the last counted token 4; -1 stays padding.
-    char_ends = torch.tensor([[2, 3, 99, -1]])
-    assert token_step_ends(ids, mask, char_ends, decode).tolist() == [[1, 3, 4, -1]]

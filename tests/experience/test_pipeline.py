@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lit_rl.algorithms import grpo_loss, process_supervised_advantages
-from lit_rl.experience import GAE, ProcessSupervised
+from lit_rl.experience import GAE, ProcessSupervised, stopped_at_eos
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
 from tests.conftest import built, fit_rollouts, tiny_module_args
@@ -72,11 +72,16 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
     reward = ChunkParity()(e.prompts, e.completions, {})
     decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     completion_ids = e.input_ids[:, -t:]
+    stopped = stopped_at_eos(completion_ids, e.completion_mask, tuple(module.eos_token_ids))
     for i in range(n):
+        last_end = int(reward.step_ends[i].max())
         for j in range(e.step_ends.shape[1]):
             char_end, token_end = int(reward.step_ends[i, j]), int(e.step_ends[i, j])
             if char_end < 0:
                 assert token_end == -1
+                continue
+            if stopped[i] and char_end == last_end:  # the last step ends at the EOS
+                assert token_end == int(e.completion_mask[i].sum()) - 1
                 continue
             assert len(decode(completion_ids[i, : token_end + 1].tolist())) >= char_end
             assert len(decode(completion_ids[i, :token_end].tolist())) < char_end
