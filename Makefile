@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.lit_rl-installed
 RECIPE ?= grpo_math
 ARGS   ?=
 
-.PHONY: setup test train bench tensorboard lint
+.PHONY: setup test train bench tensorboard lint conformance
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,10 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(PY) -c "import trl" 2>/dev/null || $(PY) -m pip install -e ".[bench]"
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# Rewrites docs/algorithms/conformance.md (the suite fails while it is stale).
+conformance: $(STAMP)
+	$(PY) -m tests.algorithms.conformance
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs

@@ -13,8 +13,10 @@ Nothing here imports Lightning or knows about models.
 """
 
 from lit_rl.algorithms.advantages import (
+    discounted_returns,
     gae,
     group_normalized_advantages,
+    leave_one_out_advantages,
     process_supervised_advantages,
     whiten,
 )
@@ -22,7 +24,9 @@ from lit_rl.algorithms.distributed import all_reduce_sum, global_max, global_mea
 from lit_rl.algorithms.kl_control import AdaptiveKLController
 from lit_rl.algorithms.logprobs import token_logprobs, token_logprobs_with_entropy
 from lit_rl.algorithms.losses import (
+    AGGREGATIONS,
     Aggregation,
+    ImportanceSamplingLevel,
     KLEstimator,
     LossType,
     aggregate,
@@ -30,6 +34,7 @@ from lit_rl.algorithms.losses import (
     aggregation_of,
     explained_variance,
     grpo_loss,
+    importance_ratio,
     kl_penalty,
     masked_mean,
     micro_batch_weight,
@@ -45,9 +50,11 @@ from lit_rl.algorithms.sampler_mismatch import (
 from lit_rl.algorithms.shaping import token_level_rewards
 
 __all__ = [
+    "AGGREGATIONS",
     "SAMPLER_CORRECTIONS",
     "AdaptiveKLController",
     "Aggregation",
+    "ImportanceSamplingLevel",
     "KLEstimator",
     "LossType",
     "SamplerCorrection",
@@ -55,6 +62,7 @@ __all__ = [
     "all_reduce_sum",
     "aggregation_count",
     "aggregation_of",
+    "discounted_returns",
     "explained_variance",
     "gae",
     "global_max",
@@ -62,7 +70,9 @@ __all__ = [
     "global_std",
     "group_normalized_advantages",
     "grpo_loss",
+    "importance_ratio",
     "kl_penalty",
+    "leave_one_out_advantages",
     "masked_mean",
     "micro_batch_weight",
     "ppo_policy_loss",

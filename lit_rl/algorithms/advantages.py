@@ -1,4 +1,5 @@
-"""Advantage estimators: group-relative (GRPO), process-supervised GRPO, GAE (PPO)."""
+"""Advantage estimators: group-relative (GRPO), leave-one-out (RLOO), process-supervised GRPO,
+GAE (PPO), discounted returns (REINFORCE++)."""
 
 import torch
 
@@ -40,6 +41,37 @@ def group_normalized_advantages(
     if scale_by_std:
         centered = centered / (grouped.std(dim=1, keepdim=True) + eps)
     return centered.reshape(-1)
+
+
+def leave_one_out_advantages(
+    rewards: torch.Tensor,  # [N]
+    group_size: int,
+) -> torch.Tensor:  # [N]
+    """RLOO (Kool et al., 2019; Ahmadian et al., 2024, Eq. 5): each completion's baseline is
+    the mean reward of the other G - 1 completions of its prompt,
+    ``A_i = r_i - 1/(G-1) sum_{j != i} r_j`` (= G/(G-1) (r_i - mean(r))), unbiased because the
+    baseline does not depend on the sample it scores."""
+    _check_groups(rewards.shape[0], group_size)
+    grouped = rewards.view(-1, group_size)  # [N/G, G]
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
+def discounted_returns(
+    token_rewards: torch.Tensor,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool, a prefix per row
+    gamma: float = 1.0,
+) -> torch.Tensor:  # [N, T]
+    """``G_t = sum_{s >= t} gamma^(s - t) r_s`` over each completion's counted tokens, 0 on
+    padding: the Monte-Carlo return REINFORCE++ (Hu et al., 2025, Eq. 6) uses as advantage
+    before normalising it."""
+    rewards = token_rewards * completion_mask
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return returns * completion_mask
 
 
 def process_supervised_advantages(

@@ -1,4 +1,5 @@
-"""Policy and value losses: GRPO (and its aggregation variants), PPO, clipped value loss."""
+"""Policy and value losses: GRPO (and its aggregation and ratio variants), PPO, clipped value
+loss."""
 
 from typing import Literal
 
@@ -7,18 +8,27 @@ import torch
 from lit_rl.algorithms.distributed import all_reduce_sum
 
 KLEstimator = Literal["k1", "k2", "k3"]
-LossType = Literal["grpo", "dr_grpo", "dapo"]
-Aggregation = Literal["sequence_mean", "token_mean", "constant_normalizer"]
+LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo"]
+ImportanceSamplingLevel = Literal["token", "sequence"]
+Aggregation = Literal[
+    "sequence_mean", "token_mean", "constant_normalizer", "micro_token_mean", "batch_token_mean"
+]
 
 # How each loss_type reduces per-token losses [N, T] to a scalar; only the aggregation differs.
 _AGGREGATION: dict[str, Aggregation] = {
     # DeepSeekMath Eq. 3: 1/G sum_i 1/|o_i| sum_t
     "grpo": "sequence_mean",
-    # Dr. GRPO (Liu et al., 2025, Eq. 2): no 1/|o_i| length bias; a constant normaliser.
+    # Dr. GRPO (Liu et al., 2025, Eq. 2): no 1/|o_i| length bias; the constant normaliser
+    # N x max_completion_length (the generation budget, not the longest completion drawn).
     "dr_grpo": "constant_normalizer",
-    # DAPO (Yu et al., 2025, Eq. 12): token-level mean over all tokens of the batch.
-    "dapo": "token_mean",
+    # DAPO (Yu et al., 2025, Eq. 12): 1 / sum_i |o_i| over every completion of the batch: the
+    # whole Experience, across minibatches, micro-batches and processes.
+    "dapo": "batch_token_mean",
+    # BNPO as TRL defines it: a token mean over each process's micro-batch (the local batch);
+    # it changes with the micro-batch size by design.
+    "bnpo": "micro_token_mean",
 }
+AGGREGATIONS: tuple[str, ...] = (*_AGGREGATION.values(), "token_mean")
 
 
 def aggregation_of(loss_type: LossType) -> Aggregation:
@@ -44,35 +54,43 @@ def aggregate(
     per_token: torch.Tensor,  # [N, T]
     completion_mask: torch.Tensor,  # [N, T] bool
     aggregation: Aggregation,
+    max_completion_length: int | None = None,
 ) -> torch.Tensor:  # []
     """Reduce per-token values to a scalar.
 
     - ``sequence_mean``: mean over each completion's tokens, then over completions.
-    - ``token_mean``: mean over every counted token of the batch (long answers weigh more).
-    - ``constant_normalizer``: sum over counted tokens / (N * T); T is the padded length, so
-      pad completions to ``max_completion_length`` for Dr. GRPO's exact constant.
+    - ``token_mean``, ``micro_token_mean``, ``batch_token_mean``: mean over every counted token
+      of the given batch (long answers weigh more). They differ in which batch that is when an
+      update is cut into parts (``micro_batch_weight``, ``PolicyModule.training_step``).
+    - ``constant_normalizer``: sum over counted tokens / (N * ``max_completion_length``).
     """
     if aggregation == "sequence_mean":
         return masked_mean(per_token, completion_mask, dim=1).mean()
-    if aggregation == "token_mean":
+    if aggregation in ("token_mean", "micro_token_mean", "batch_token_mean"):
         return masked_mean(per_token, completion_mask)
     if aggregation == "constant_normalizer":
-        return (per_token * completion_mask).sum() / completion_mask.numel()
-    raise ValueError(
-        f"unknown aggregation {aggregation!r}: use one of {list(_AGGREGATION.values())}"
-    )
+        if max_completion_length is None or max_completion_length < per_token.shape[1]:
+            raise ValueError(
+                "constant_normalizer (dr_grpo) divides by N x max_completion_length, the "
+                f"generation budget: pass max_completion_length >= {per_token.shape[1]} (the "
+                f"padded length), got {max_completion_length}"
+            )
+        return (per_token * completion_mask).sum() / (
+            completion_mask.shape[0] * max_completion_length
+        )
+    raise ValueError(f"unknown aggregation {aggregation!r}: use one of {list(AGGREGATIONS)}")
 
 
 def aggregation_count(
     mask: torch.Tensor,  # [N, T] bool
     aggregation: Aggregation,
 ) -> int:
-    """What ``aggregation`` averages over in a batch: its counted tokens for ``token_mean``,
-    its rows for ``sequence_mean`` and ``constant_normalizer`` (T is the same padded length
-    in every part of one batch)."""
-    if aggregation == "token_mean":
+    """What ``aggregation`` averages over in a batch: its counted tokens for the token means
+    over a whole batch, its rows otherwise (``micro_token_mean`` weighs each micro-batch's own
+    token mean by its rows)."""
+    if aggregation in ("token_mean", "batch_token_mean"):
         return int(mask.sum().item())
-    if aggregation in ("sequence_mean", "constant_normalizer"):
+    if aggregation in ("sequence_mean", "constant_normalizer", "micro_token_mean"):
         return mask.shape[0]
     raise ValueError(f"unknown aggregation {aggregation!r}")
 
@@ -111,24 +129,43 @@ def kl_penalty(
     raise ValueError(f"unknown KL estimator {estimator!r}: use 'k1', 'k2' or 'k3'")
 
 
-def _clipped_surrogate(
+def importance_ratio(
     logprobs: torch.Tensor,  # [N, T]
     old_logprobs: torch.Tensor,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    level: ImportanceSamplingLevel = "token",
+) -> torch.Tensor:  # [N, T]
+    """The policy ratio the surrogate clips.
+
+    ``token`` (PPO, GRPO): ``r_it = pi(o_it) / pi_old(o_it)``. ``sequence`` (GSPO, Zheng et al.,
+    2025, Eq. 7): the length-normalised sequence ratio
+    ``s_i = (pi(o_i) / pi_old(o_i))^(1/|o_i|) = exp(1/|o_i| sum_t (log pi - log pi_old))``,
+    the same on every token of completion i.
+    """
+    log_ratio = logprobs - old_logprobs
+    if level == "sequence":
+        log_ratio = masked_mean(log_ratio, completion_mask, dim=1)[:, None].expand_as(logprobs)
+    elif level != "token":
+        raise ValueError(f"unknown importance_sampling_level {level!r}: use 'token' or 'sequence'")
+    return torch.exp(log_ratio)
+
+
+def _clipped_surrogate(
+    ratio: torch.Tensor,  # [N, T]
     advantages: torch.Tensor,  # [N, T]
     epsilon: float,
     epsilon_high: float | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's ``min(ratio * A, clip(ratio, 1 - eps, 1 + eps_high) * A)`` per token.
 
-    Returns (surrogate [N, T], ratio [N, T], clipped [N, T] bool: the clip was the minimum).
+    Returns (surrogate [N, T], clipped [N, T] bool: the clip was the minimum).
     """
-    ratio = torch.exp(logprobs - old_logprobs)
     high = epsilon if epsilon_high is None else epsilon_high
     clipped_ratio = torch.clamp(ratio, 1 - epsilon, 1 + high)
     unclipped_term = ratio * advantages
     clipped_term = clipped_ratio * advantages
     surrogate = torch.minimum(unclipped_term, clipped_term)
-    return surrogate, ratio, clipped_term < unclipped_term
+    return surrogate, clipped_term < unclipped_term
 
 
 def grpo_loss(
@@ -142,6 +179,9 @@ def grpo_loss(
     beta: float = 0.04,
     loss_type: LossType = "grpo",
     sampler_weights: torch.Tensor | None = None,  # [N, T]
+    kl_estimator: KLEstimator = "k3",
+    importance_sampling_level: ImportanceSamplingLevel = "token",
+    max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO objective, negated to a loss.
 
@@ -152,30 +192,33 @@ def grpo_loss(
 
     with ``r_it = pi(o_it) / pi_old(o_it)`` and ``D_KL`` the k3 estimator (Eq. 4). At
     ``r = 1`` its gradient per token is Eq. 21: ``(A + beta (pi_ref/pi - 1)) grad log pi``.
-    ``epsilon_high`` decouples the upper clip (DAPO's clip-higher); ``dr_grpo`` and ``dapo``
-    change only the aggregation (see ``aggregate``). ``advantages`` of shape [N] (outcome
-    supervision) apply to every token of a completion. ``sampler_weights`` (detached, from
-    ``sampler_correction_weights``) multiply each token's clipped surrogate, not its KL.
+    ``epsilon_high`` decouples the upper clip (DAPO's clip-higher); ``dr_grpo``, ``dapo`` and
+    ``bnpo`` change only the aggregation (see ``aggregate``; ``dr_grpo`` needs
+    ``max_completion_length``). ``importance_sampling_level="sequence"`` clips GSPO's sequence
+    ratio instead of the token ratio (``importance_ratio``). ``kl_estimator`` picks the
+    per-token KL in the loss (k3 is Eq. 4; ``kl_penalty``). ``advantages`` of shape [N]
+    (outcome supervision) apply to every token of a completion. ``sampler_weights``
+    (detached, from ``sampler_correction_weights``) multiply each token's clipped surrogate,
+    not its KL.
 
-    Returns ``(loss, stats)``; stats are detached: ``kl`` (mean k3 over counted tokens),
+    Returns ``(loss, stats)``; stats are detached: ``kl`` (mean KL over counted tokens),
     ``clip_ratio`` (fraction of counted tokens where the clip was active), ``ratio``.
     """
     aggregation = aggregation_of(loss_type)
     if advantages.dim() == 1:
         advantages = advantages[:, None]
     advantages = advantages.expand_as(logprobs)
-    surrogate, ratio, clipped = _clipped_surrogate(
-        logprobs, old_logprobs, advantages, epsilon, epsilon_high
-    )
+    ratio = importance_ratio(logprobs, old_logprobs, completion_mask, importance_sampling_level)
+    surrogate, clipped = _clipped_surrogate(ratio, advantages, epsilon, epsilon_high)
     per_token_objective = surrogate if sampler_weights is None else sampler_weights * surrogate
     stats: dict[str, torch.Tensor] = {}
     if beta != 0.0:
         if ref_logprobs is None:
             raise ValueError("beta != 0 needs ref_logprobs; pass beta=0.0 to train without KL")
-        kl = kl_penalty(logprobs, ref_logprobs, "k3")
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
         per_token_objective = per_token_objective - beta * kl
         stats["kl"] = masked_mean(kl, completion_mask).detach()
-    loss = -aggregate(per_token_objective, completion_mask, aggregation)
+    loss = -aggregate(per_token_objective, completion_mask, aggregation, max_completion_length)
     stats["clip_ratio"] = masked_mean(clipped.to(logprobs.dtype), completion_mask).detach()
     stats["ratio"] = masked_mean(ratio, completion_mask).detach()
     return loss, stats
@@ -190,21 +233,32 @@ def ppo_policy_loss(
     epsilon_high: float | None = None,
     aggregation: Aggregation = "token_mean",
     sampler_weights: torch.Tensor | None = None,  # [N, T]
+    ref_logprobs: torch.Tensor | None = None,  # [N, T]
+    beta: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al., 2017, Eq. 7), negated to a loss.
 
-    The KL to the reference is not here: PPO folds it into the per-token reward before GAE.
-    ``sampler_weights`` (detached) multiply each token's surrogate (``grpo_loss``).
-    Returns ``(loss, stats)`` with ``clip_ratio``, ``ratio`` and ``approx_kl`` (k3 between old
-    and current policy, a step-size diagnostic).
+    PPO's KL to the reference is usually folded into the per-token reward before GAE
+    (``token_level_rewards``); ``beta > 0`` puts ``beta * KL`` (``kl_estimator``) in the loss
+    instead or as well, as GRPO does. ``sampler_weights`` (detached) multiply each token's
+    surrogate (``grpo_loss``). Returns ``(loss, stats)`` with ``clip_ratio``, ``ratio``,
+    ``approx_kl`` (k3 between old and current policy, a step-size diagnostic) and ``kl``
+    (with ``beta > 0``).
     """
-    surrogate, ratio, clipped = _clipped_surrogate(
-        logprobs, old_logprobs, advantages, epsilon, epsilon_high
-    )
+    ratio = importance_ratio(logprobs, old_logprobs, completion_mask)
+    surrogate, clipped = _clipped_surrogate(ratio, advantages, epsilon, epsilon_high)
     if sampler_weights is not None:
         surrogate = sampler_weights * surrogate
+    stats: dict[str, torch.Tensor] = {}
+    if beta != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("beta != 0 needs ref_logprobs; pass beta=0.0 to train without KL")
+        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
+        surrogate = surrogate - beta * kl
+        stats["kl"] = masked_mean(kl, completion_mask).detach()
     loss = -aggregate(surrogate, completion_mask, aggregation)
-    stats = {
+    stats |= {
         "clip_ratio": masked_mean(clipped.to(logprobs.dtype), completion_mask).detach(),
         "ratio": masked_mean(ratio, completion_mask).detach(),
         "approx_kl": masked_mean(

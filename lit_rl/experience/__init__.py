@@ -16,7 +16,9 @@ from lit_rl.experience.estimators import (
     AdvantageEstimator,
     AdvantageInputs,
     GroupNormalized,
+    LeaveOneOut,
     ProcessSupervised,
+    ReinforcePlusPlus,
 )
 from lit_rl.experience.experience import Experience
 from lit_rl.experience.pipeline import PromptBatch, make_experience
@@ -31,8 +33,10 @@ __all__ = [
     "ExperienceModule",
     "ExperienceSpec",
     "GroupNormalized",
+    "LeaveOneOut",
     "ProcessSupervised",
     "PromptBatch",
+    "ReinforcePlusPlus",
     "TokenScores",
     "make_experience",
     "missing_experience_members",

@@ -6,12 +6,15 @@ pipeline calls it last, once rewards, per-token rewards, values and step rewards
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from lit_rl.algorithms import (
+    discounted_returns,
     gae,
     group_normalized_advantages,
+    leave_one_out_advantages,
     process_supervised_advantages,
     whiten,
 )
@@ -29,6 +32,11 @@ class AdvantageInputs:
     step_rewards: torch.Tensor | None = None  # [N, S]
     step_ends: torch.Tensor | None = None  # [N, S] completion-token index, -1 = padding
 
+    @property
+    def sequence_rewards(self) -> torch.Tensor:  # [N]
+        """Each completion's return: its outcome reward minus the KL in the reward, if any."""
+        return self.token_rewards.sum(dim=1)
+
 
 class AdvantageEstimator(ABC):
     """Turns rewards (and values) into per-token advantages [N, T], 0 on padding, and value
@@ -36,6 +44,8 @@ class AdvantageEstimator(ABC):
 
     #: whether the module must compute V(s_t) for every rollout token (a critic)
     needs_values: bool = False
+    #: whether it reads the per-token rewards, so that a KL folded into them acts on it
+    uses_token_rewards: bool = True
 
     @abstractmethod
     def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor | None]: ...
@@ -57,9 +67,52 @@ class GroupNormalized(AdvantageEstimator):
 
     def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
         advantages = group_normalized_advantages(
-            inputs.rewards, inputs.group_size, self.scale_by_std, self.eps
+            inputs.sequence_rewards, inputs.group_size, self.scale_by_std, self.eps
         )  # [N]
         return advantages[:, None] * inputs.completion_mask, None
+
+
+class LeaveOneOut(AdvantageEstimator):
+    """RLOO (Ahmadian et al., 2024): every token of completion i gets
+    ``r_i - mean of the other G - 1 rewards of its group``; ``r_i`` is the completion's return
+    (with a KL in the reward, ``r_i - kl_coef * sum_t KL_it``, as the paper's reward)."""
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        advantages = leave_one_out_advantages(inputs.sequence_rewards, inputs.group_size)  # [N]
+        return advantages[:, None] * inputs.completion_mask, None
+
+
+class ReinforcePlusPlus(AdvantageEstimator):
+    """REINFORCE++ (Hu et al., 2025): critic-free, the KL to the reference in the per-token
+    reward (set the module's ``kl_coef``), each token's return
+    ``G_t = sum_{s >= t} gamma^(s-t) r_s`` normalised over the global batch (every process's
+    counted tokens), ``A = (G - mean) / std``.
+
+    Args:
+        gamma: discount per token.
+        baseline: ``none`` (REINFORCE++); ``group_mean`` subtracts the mean outcome reward of
+            the prompt's group from the outcome first (REINFORCE++-baseline, for G > 1).
+    """
+
+    def __init__(self, gamma: float = 1.0, baseline: Literal["none", "group_mean"] = "none"):
+        if not 0 <= gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if baseline not in ("none", "group_mean"):
+            raise ValueError(f"baseline must be 'none' or 'group_mean', got {baseline!r}")
+        self.gamma = gamma
+        self.baseline = baseline
+
+    def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
+        mask = inputs.completion_mask
+        token_rewards = inputs.token_rewards
+        if self.baseline == "group_mean":
+            group_mean = inputs.rewards.view(-1, inputs.group_size).mean(dim=1)  # [N/G]
+            last = mask.sum(dim=1) - 1  # [N] each completion's last counted token
+            shift = torch.zeros_like(token_rewards)
+            shift[torch.arange(len(last)), last] = group_mean.repeat_interleave(inputs.group_size)
+            token_rewards = token_rewards - shift
+        returns = discounted_returns(token_rewards, mask, self.gamma)
+        return whiten(returns, mask, across_processes=True) * mask, None
 
 
 class ProcessSupervised(AdvantageEstimator):
@@ -76,6 +129,8 @@ class ProcessSupervised(AdvantageEstimator):
         eps: added to the group's std of step rewards (and of outcome rewards).
         outcome_weight: weight of the outcome-supervised advantage added to every token.
     """
+
+    uses_token_rewards = False  # step rewards; a KL belongs in the loss (beta)
 
     def __init__(self, eps: float = 1e-4, outcome_weight: float = 0.0) -> None:
         if outcome_weight < 0:

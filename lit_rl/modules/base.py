@@ -320,8 +320,9 @@ class PolicyModule(LightningModule):
     def needs_old_logprobs(self) -> bool:
         """Whether pi_old must be computed at rollout time. With one optimizer step per
         Experience the update is on-policy: pi_old = pi (detached), ratio = 1 exactly, and the
-        extra forward pass TRL also skips is saved."""
-        return self.update_epochs * self.num_mini_batches > 1
+        extra forward pass TRL also skips is saved (unless a KL in the reward needs it)."""
+        # KL(pi_old || pi_ref) in the reward needs pi_old even on-policy.
+        return self.update_epochs * self.num_mini_batches > 1 or self.experience_spec().kl_coef > 0
 
     def experience_spec(self) -> ExperienceSpec:
         return ExperienceSpec(
@@ -414,10 +415,17 @@ class PolicyModule(LightningModule):
         trainer_logprobs: list[torch.Tensor] = []
         totals: dict[str, float] = defaultdict(float)
         num_steps = 0
+        batch_tokens = self.global_sum(experience.completion_mask.sum())
         for _ in range(self.update_epochs):
             for minibatch in experience.minibatches(self.num_mini_batches, generator):
                 self.optimizers().zero_grad(set_to_none=True)
                 loss_share, token_share = self.process_shares(minibatch)
+                if self.loss_aggregation == "batch_token_mean":
+                    # DAPO's token mean is over the whole batch: the minibatch's token mean
+                    # times its share of the batch's tokens (x the number of minibatches, one
+                    # optimizer step each) weighs every token the same in every step.
+                    minibatch_tokens = self.global_sum(minibatch.completion_mask.sum())
+                    loss_share *= self.num_mini_batches * minibatch_tokens / batch_tokens
                 for micro in minibatch.split(min(self.gradient_accumulation_steps, len(minibatch))):
                     weight = loss_share * micro_batch_weight(
                         micro.completion_mask, minibatch.completion_mask, self.loss_aggregation
@@ -468,6 +476,13 @@ class PolicyModule(LightningModule):
         total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")
         shares = world_size * local / total.clamp(min=1)
         return float(shares[0]), float(shares[1])
+
+    def global_sum(self, count: torch.Tensor) -> float:
+        """``count`` summed over every process (itself on one)."""
+        if self.trainer.world_size == 1:
+            return float(count)
+        total = self.trainer.strategy.reduce(count.double().to(self.device), reduce_op="sum")
+        return float(total)
 
     def on_experience_used(self, experience: Experience) -> None:
         """Called after the updates on ``experience`` (PPO adapts its KL coefficient here)."""
@@ -540,3 +555,13 @@ class PolicyModule(LightningModule):
                 batch_size=len(result.greedy_correct),
                 prog_bar=name == "greedy_accuracy",
             )
+
+
+def check_reward_kl(estimator: AdvantageEstimator, kl_coef: float) -> None:
+    """A KL in the reward acts through the per-token rewards: refuse an estimator that never
+    reads them (process supervision), where the KL would silently do nothing."""
+    if kl_coef > 0 and not estimator.uses_token_rewards:
+        raise ValueError(
+            f"kl_coef={kl_coef} folds a KL into the per-token rewards, which "
+            f"{type(estimator).__name__} does not read: put the KL in the loss (beta) instead"
+        )

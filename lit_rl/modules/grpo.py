@@ -1,57 +1,89 @@
 """GRPOModule: Group Relative Policy Optimization (Shao et al., 2024, DeepSeekMath §4.1)."""
 
+import dataclasses
 from typing import Any
 
 import torch
 
-from lit_rl.algorithms import LossType, aggregation_of, grpo_loss, masked_mean
-from lit_rl.experience import AdvantageEstimator, Experience, GroupNormalized
-from lit_rl.modules.base import PolicyModule
+from lit_rl.algorithms import (
+    ImportanceSamplingLevel,
+    KLEstimator,
+    LossType,
+    aggregation_of,
+    grpo_loss,
+    masked_mean,
+)
+from lit_rl.experience import AdvantageEstimator, Experience, ExperienceSpec, GroupNormalized
+from lit_rl.modules.base import PolicyModule, check_reward_kl
 
 
 class GRPOModule(PolicyModule):
     """The update of GRPO: logprobs -> ``grpo_loss`` (KL to the reference in the loss).
 
     Experiences (G completions per prompt, rewards, advantages, reference logprobs) arrive
-    ready-made from ``lit_rl.callbacks.RolloutCallback``.
+    ready-made from ``lit_rl.callbacks.RolloutCallback``. The critic-free variants are options
+    of this module (docs/algorithms/variants.md): Dr. GRPO (``loss_type: dr_grpo``,
+    ``scale_rewards: false``), DAPO (``loss_type: dapo``, ``epsilon_high``), GSPO
+    (``importance_sampling_level: sequence``), RLOO (``lit_rl.experience.LeaveOneOut``),
+    REINFORCE++ (``lit_rl.experience.ReinforcePlusPlus`` with ``kl_coef``), process
+    supervision (``lit_rl.experience.ProcessSupervised``).
 
     Arguments beyond ``PolicyModule``'s, named as in TRL's GRPOConfig.
 
     Args:
-        beta: weight of the k3 KL to the reference in the loss; 0 skips the reference.
+        beta: weight of the KL to the reference in the loss; 0 skips it.
+        loss_kl_estimator: the KL in the loss per token: ``k3`` (DeepSeekMath Eq. 4), ``k1``
+            or ``k2``.
+        kl_coef: weight of the KL(pi_old || pi_ref) subtracted from the per-token reward
+            before the estimator runs (REINFORCE++, RLHF PPO); 0 = none.
+        kl_estimator: the KL in the reward per token: ``k1`` (log-ratio), ``k2`` or ``k3``.
         epsilon: lower clip range of the ratio (and upper, unless ``epsilon_high``).
         epsilon_high: upper clip range (DAPO's clip-higher); ``None`` = ``epsilon``.
-        loss_type: ``grpo`` (DeepSeekMath Eq. 3), ``dr_grpo`` or ``dapo`` aggregation.
+        loss_type: ``grpo`` (DeepSeekMath Eq. 3), ``dr_grpo`` (sum / (N x
+            max_completion_length)), ``dapo`` (token mean over the whole batch) or ``bnpo``
+            (token mean over each micro-batch).
+        importance_sampling_level: ``token`` ratios (GRPO) or GSPO's length-normalised
+            ``sequence`` ratio, clipped per sequence.
         scale_rewards: divide group-centred rewards by the group std (``False`` = Dr. GRPO);
             configures the default estimator only.
         num_iterations: mu, passes over each Experience (each pass takes ``num_mini_batches``
             optimizer steps).
-        advantage_estimator: ``None`` = ``GroupNormalized`` (outcome supervision);
-            ``lit_rl.experience.ProcessSupervised`` for step rewards (§4.1.3). Estimators that
-            need a critic belong to ``PPOModule``.
+        advantage_estimator: ``None`` = ``GroupNormalized`` (outcome supervision); any
+            critic-free estimator (``LeaveOneOut``, ``ReinforcePlusPlus``,
+            ``ProcessSupervised`` for step rewards, §4.1.3). Estimators that need a critic
+            belong to ``PPOModule``.
     """
 
     def __init__(
         self,
         *args: Any,
         beta: float = 0.04,
+        loss_kl_estimator: KLEstimator = "k3",
+        kl_coef: float = 0.0,
+        kl_estimator: KLEstimator = "k1",
         epsilon: float = 0.2,
         epsilon_high: float | None = None,
         loss_type: LossType = "grpo",
+        importance_sampling_level: ImportanceSamplingLevel = "token",
         scale_rewards: bool = True,
         num_iterations: int = 1,
         advantage_estimator: AdvantageEstimator | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if beta < 0:
-            raise ValueError(f"GRPOModule: beta must be >= 0, got {beta}")
+        if beta < 0 or kl_coef < 0:
+            raise ValueError(f"GRPOModule: beta and kl_coef must be >= 0, got {beta}, {kl_coef}")
         if not 0 < epsilon < 1 or (epsilon_high is not None and epsilon_high <= 0):
             raise ValueError(
                 f"epsilon must be in (0, 1) and epsilon_high > 0, got {epsilon}, {epsilon_high}"
             )
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        if importance_sampling_level not in ("token", "sequence"):
+            raise ValueError(
+                "importance_sampling_level must be 'token' or 'sequence', got "
+                f"{importance_sampling_level!r}"
+            )
         if advantage_estimator is not None and not scale_rewards:
             raise ValueError(
                 "scale_rewards configures the default estimator; with an advantage_estimator "
@@ -61,17 +93,28 @@ class GRPOModule(PolicyModule):
         if estimator.needs_values:
             raise ValueError(
                 f"{type(estimator).__name__} needs a value model, which GRPO does not train: "
-                "use lit_rl.modules.PPOModule, or GroupNormalized / ProcessSupervised"
+                "use lit_rl.modules.PPOModule, or a critic-free estimator (GroupNormalized, "
+                "LeaveOneOut, ReinforcePlusPlus, ProcessSupervised)"
             )
+        check_reward_kl(estimator, kl_coef)
         self.advantage_estimator = estimator
         self.beta = beta
+        self.loss_kl_estimator = loss_kl_estimator
+        self.kl_coef = kl_coef
+        self.kl_estimator = kl_estimator
         self.epsilon = epsilon
         self.epsilon_high = epsilon_high
         self.loss_type = loss_type
+        self.importance_sampling_level = importance_sampling_level
         self.loss_aggregation = aggregation_of(loss_type)
         self.update_epochs = num_iterations
-        if beta > 0:
+        if beta > 0 or kl_coef > 0:
             self.use_reference()
+
+    def experience_spec(self) -> ExperienceSpec:
+        return dataclasses.replace(
+            super().experience_spec(), kl_coef=self.kl_coef, kl_estimator=self.kl_estimator
+        )
 
     def accumulate_gradients(
         self, micro: Experience, weight: float
@@ -89,6 +132,9 @@ class GRPOModule(PolicyModule):
             beta=self.beta,
             loss_type=self.loss_type,
             sampler_weights=self.sampler_weights(micro, old_logprobs),
+            kl_estimator=self.loss_kl_estimator,
+            importance_sampling_level=self.importance_sampling_level,
+            max_completion_length=self.sampling.max_new_tokens,
         )
         self.manual_backward(loss * weight)
         stats = {

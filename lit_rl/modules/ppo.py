@@ -16,7 +16,7 @@ from lit_rl.algorithms import (
 )
 from lit_rl.experience import GAE, AdvantageEstimator, Experience, ExperienceSpec, TokenScores
 from lit_rl.models import Sequences
-from lit_rl.modules.base import PolicyModule
+from lit_rl.modules.base import PolicyModule, check_reward_kl
 
 
 class PPOModule(PolicyModule):
@@ -27,6 +27,10 @@ class PPOModule(PolicyModule):
     head: one set of base weights serves the policy (its adapter on), the reference (all adapters
     off) and the critic (the value adapter on); no second copy of the model. ``value_model``
     names a separate model instead (fully trained, float32 under ``dtype: auto``).
+
+    The critic is an option: an estimator that does not use values (``ReinforcePlusPlus``,
+    ``LeaveOneOut``, ``GroupNormalized``) trains the clipped surrogate alone, with no critic
+    and no value loss (REINFORCE++ is this module with ``ReinforcePlusPlus``).
 
     Arguments beyond ``PolicyModule``'s, named as in TRL's PPOConfig and OpenRLHF.
 
@@ -43,12 +47,14 @@ class PPOModule(PolicyModule):
         kl_target: adapt ``kl_coef`` towards this per-sequence KL (Ziegler et al., 2019);
             ``None`` keeps it fixed.
         kl_horizon: the adaptive controller's horizon, in samples.
+        beta: weight of a KL to the reference in the loss (as GRPO); 0 = none.
+        loss_kl_estimator: the KL in the loss per token: ``k3``, ``k1`` or ``k2``.
         value_model: ``None`` = a value adapter on the policy backbone (needs ``lora``); else
-            a model name or directory for a separate critic.
+            a model name or directory for a separate critic. Unused without a critic.
         value_learning_rate: learning rate of the critic's parameters; ``None`` =
             ``learning_rate``.
         advantage_estimator: ``None`` = ``lit_rl.experience.GAE()`` (gamma 1, lambda 0.95,
-            whitened advantages); any estimator that uses the critic's values.
+            whitened advantages, a critic); a critic-free estimator trains no critic.
     """
 
     def __init__(
@@ -63,6 +69,8 @@ class PPOModule(PolicyModule):
         kl_estimator: KLEstimator = "k1",
         kl_target: float | None = None,
         kl_horizon: int = 10_000,
+        beta: float = 0.0,
+        loss_kl_estimator: KLEstimator = "k3",
         value_model: str | None = None,
         value_learning_rate: float | None = None,
         advantage_estimator: AdvantageEstimator | None = None,
@@ -78,6 +86,7 @@ class PPOModule(PolicyModule):
             (cliprange_value > 0, f"cliprange_value must be > 0, got {cliprange_value}"),
             (vf_coef > 0, f"vf_coef must be > 0, got {vf_coef}"),
             (ppo_epochs >= 1, f"ppo_epochs must be >= 1, got {ppo_epochs}"),
+            (beta >= 0 and kl_coef >= 0, f"beta and kl_coef must be >= 0, got {beta}, {kl_coef}"),
             (
                 kl_target is None or kl_coef > 0,
                 "kl_target adapts kl_coef multiplicatively: start from kl_coef > 0",
@@ -91,11 +100,7 @@ class PPOModule(PolicyModule):
             if not ok:
                 raise ValueError(f"PPOModule: {message}")
         estimator = advantage_estimator or GAE()
-        if not estimator.needs_values:
-            raise ValueError(
-                f"PPOModule trains a critic, and {type(estimator).__name__} does not use its "
-                "values: use GAE, or GRPOModule for critic-free estimators"
-            )
+        check_reward_kl(estimator, kl_coef)
         self.advantage_estimator = estimator
         self.epsilon = epsilon
         self.epsilon_high = epsilon_high
@@ -105,15 +110,19 @@ class PPOModule(PolicyModule):
         self.loss_aggregation = "token_mean"  # both losses average over counted tokens
         self.kl_estimator = kl_estimator
         self.kl_controller = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
-        if kl_coef > 0:
+        self.beta = beta
+        self.loss_kl_estimator = loss_kl_estimator
+        if kl_coef > 0 or beta > 0:
             self.use_reference()
         self.value_learning_rate = value_learning_rate
-        if value_model is None and self.lora is None:
-            raise ValueError(
-                "PPOModule's critic is a value adapter on the policy's backbone, which needs "
-                "LoRA: set lora, or name a separate value_model (a model name or directory)"
-            )
-        self.critic = "adapter" if value_model is None else value_model
+        if estimator.needs_values:
+            if value_model is None and self.lora is None:
+                raise ValueError(
+                    "PPOModule's critic is a value adapter on the policy's backbone, which "
+                    "needs LoRA: set lora, or name a separate value_model (a model name or "
+                    "directory)"
+                )
+            self.critic = "adapter" if value_model is None else value_model
 
     # ---- the critic ------------------------------------------------------------------------
 
@@ -122,6 +131,8 @@ class PPOModule(PolicyModule):
         return self._built_models().values(sequences)
 
     def trainable_parameter_groups(self) -> list[dict[str, Any]]:
+        if self.critic is None:
+            return super().trainable_parameter_groups()
         models = self._built_models()
         value_group: dict[str, Any] = {"params": models.critic_parameters()}
         if self.value_learning_rate is not None:
@@ -130,21 +141,18 @@ class PPOModule(PolicyModule):
 
     # ---- the ExperienceModule contract ------------------------------------------------------
 
-    @property
-    def needs_old_logprobs(self) -> bool:
-        # The KL in the reward is KL(pi_old || pi_ref): it needs pi_old even on-policy.
-        return self.uses_reference or super().needs_old_logprobs
-
     def experience_spec(self) -> ExperienceSpec:
         return dataclasses.replace(
             super().experience_spec(),
-            kl_coef=self.kl_controller.coef if self.uses_reference else 0.0,
+            kl_coef=self.kl_controller.coef,
             kl_estimator=self.kl_estimator,
         )
 
     @torch.no_grad()
     def score_tokens(self, sequences: Sequences) -> TokenScores:
         scores = super().score_tokens(sequences)
+        if self.critic is None:
+            return scores
         return dataclasses.replace(scores, values=self.completion_values(sequences))
 
     # ---- the update ------------------------------------------------------------------------
@@ -163,32 +171,42 @@ class PPOModule(PolicyModule):
             self.epsilon,
             self.epsilon_high,
             sampler_weights=self.sampler_weights(micro, old_logprobs),
+            ref_logprobs=micro.ref_logprobs,
+            beta=self.beta,
+            kl_estimator=self.loss_kl_estimator,
         )
         # Policy and critic touch disjoint parameters: two backward passes keep only one
         # forward graph alive at a time (peak memory of one pass, not both).
         self.manual_backward(policy_loss * weight)
-        values = self.completion_values(micro.sequences)
-        critic_loss, value_stats = value_loss(
-            values, micro.values, micro.returns, mask, self.cliprange_value
-        )
-        self.manual_backward(self.vf_coef * critic_loss * weight)
         stats = {
-            "loss": policy_loss.detach() + self.vf_coef * critic_loss.detach(),
+            "loss": policy_loss.detach(),
             "policy_loss": policy_loss.detach(),
-            "value_loss": critic_loss.detach(),
             "entropy": masked_mean(entropy, mask),
             **policy_stats,
-            **value_stats,
         }
+        if self.critic is not None:
+            values = self.completion_values(micro.sequences)
+            critic_loss, value_stats = value_loss(
+                values, micro.values, micro.returns, mask, self.cliprange_value
+            )
+            self.manual_backward(self.vf_coef * critic_loss * weight)
+            stats |= {
+                "loss": policy_loss.detach() + self.vf_coef * critic_loss.detach(),
+                "value_loss": critic_loss.detach(),
+                **value_stats,
+            }
         return stats, logprobs.detach()
 
     def on_experience_used(self, experience: Experience) -> None:
         mask = experience.completion_mask
-        self.log(
-            "train/vf_explained_var",
-            explained_variance(experience.values, experience.returns, mask, across_processes=True),
-            batch_size=len(experience),
-        )
+        if experience.values is not None:
+            self.log(
+                "train/vf_explained_var",
+                explained_variance(
+                    experience.values, experience.returns, mask, across_processes=True
+                ),
+                batch_size=len(experience),
+            )
         if experience.kl is not None:
             # The controller adapts to the KL of the global batch: every process's sequences.
             kl_sum = torch.stack([(experience.kl * mask).sum(), torch.tensor(len(experience))])

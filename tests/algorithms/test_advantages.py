@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from lit_rl.algorithms import (
+    discounted_returns,
     gae,
     group_normalized_advantages,
+    leave_one_out_advantages,
     process_supervised_advantages,
     token_level_rewards,
     whiten,
@@ -185,3 +187,28 @@ def test_global_statistics_on_one_process_are_the_plain_ones():
     values = torch.tensor([1.0, 2.0, 4.0, 7.0])  # mean 3.5; sample var (6.25+2.25+.25+12.25)/3 = 7
     assert global_mean(values).item() == pytest.approx(3.5)
     assert global_std(values).item() == pytest.approx(7**0.5)
+
+
+def test_leave_one_out_hand_values():
+    # Group [1, 0, 0]: baselines [0, 0.5, 0.5]; group [2, 4]: baselines [4, 2].
+    rewards = torch.tensor([1.0, 0.0, 0.0, 2.0, 4.0, 9.0], **F64)
+    adv = leave_one_out_advantages(rewards[:3], group_size=3)
+    torch.testing.assert_close(adv, torch.tensor([1.0, -0.5, -0.5], **F64))
+    adv = leave_one_out_advantages(rewards[3:5], group_size=2)
+    torch.testing.assert_close(adv, torch.tensor([-2.0, 2.0], **F64))
+    # G / (G - 1) times the group-centred reward.
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(12, generator=g, **F64)
+    centred = group_normalized_advantages(rewards, 4, scale_by_std=False)
+    torch.testing.assert_close(leave_one_out_advantages(rewards, 4), centred * 4 / 3)
+
+
+def test_discounted_returns_hand_values():
+    token_rewards = torch.tensor([[0.0, -0.1, 1.0, 7.0], [-0.2, 2.0, 5.0, 5.0]], **F64)
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    returns = discounted_returns(token_rewards, mask, gamma=0.5)
+    # Row 0: G_2 = 1, G_1 = -0.1 + 0.5, G_0 = 0 + 0.5 * 0.4; padding 0 (its 7 ignored).
+    torch.testing.assert_close(
+        returns,
+        torch.tensor([[0.2, 0.4, 1.0, 0.0], [0.8, 2.0, 0.0, 0.0]], **F64),
+    )

@@ -66,10 +66,92 @@ def test_loss_types_change_only_aggregation():
     tokens = [1.0, 1.2 - 0.1 * k3, -0.4]  # per-token objectives from the test above
     dapo, _ = grpo_loss(lp, old, ref, adv, mask, beta=0.1, loss_type="dapo")
     assert dapo.item() == pytest.approx(-sum(tokens) / 3, abs=1e-12)  # token mean
-    dr, _ = grpo_loss(lp, old, ref, adv, mask, beta=0.1, loss_type="dr_grpo")
-    assert dr.item() == pytest.approx(-sum(tokens) / (2 * 2), abs=1e-12)  # / (N * T)
+    bnpo, _ = grpo_loss(lp, old, ref, adv, mask, beta=0.1, loss_type="bnpo")
+    assert bnpo.item() == pytest.approx(-sum(tokens) / 3, abs=1e-12)  # one micro-batch: dapo's
+    # Dr. GRPO divides by N x the generation budget, not by the longest completion drawn.
+    for budget in (2, 16):
+        dr, _ = grpo_loss(
+            lp, old, ref, adv, mask, beta=0.1, loss_type="dr_grpo", max_completion_length=budget
+        )
+        assert dr.item() == pytest.approx(-sum(tokens) / (2 * budget), abs=1e-12)
+    with pytest.raises(ValueError, match="max_completion_length"):
+        grpo_loss(lp, old, ref, adv, mask, loss_type="dr_grpo")
     with pytest.raises(ValueError, match="unknown loss_type"):
         grpo_loss(lp, old, ref, adv, mask, loss_type="ppo")  # type: ignore[arg-type]
+
+
+def test_dr_grpo_step_does_not_move_with_the_longest_completion():
+    """The same completions padded to different lengths (as batches whose longest completion
+    differs) give the same Dr. GRPO loss: the normaliser is the budget, a constant."""
+    lp, old, ref, adv, mask = _hand_batch()
+    args = dict(beta=0.1, loss_type="dr_grpo", max_completion_length=8)
+    short, _ = grpo_loss(lp, old, ref, adv, mask, **args)
+    pad = lambda x, value: torch.cat([x, torch.full((2, 3), value, dtype=x.dtype)], 1)  # noqa: E731
+    long, _ = grpo_loss(
+        pad(lp, -1.0), pad(old, -1.0), pad(ref, -1.0), adv, pad(mask, False), **args
+    )
+    assert short.item() == pytest.approx(long.item(), abs=1e-12)
+
+
+def test_gspo_clips_the_length_normalised_sequence_ratio():
+    # One completion of 2 tokens: log-ratios ln 2 and ln 1.5 -> s = (2 * 1.5)^(1/2) = sqrt 3.
+    lp = torch.tensor([[LN2, LN15]], **F64)
+    old = torch.zeros(1, 2, **F64)
+    mask = torch.tensor([[True, True]])
+    for advantage, expected_objective, clipped in [
+        (1.0, 1.2, 1.0),  # s > 1 + eps: the clipped 1.2 * A is the minimum, on both tokens
+        (-1.0, -math.sqrt(3), 0.0),  # negative A: the unclipped s * A is the minimum
+    ]:
+        loss, stats = grpo_loss(
+            lp,
+            old,
+            None,
+            torch.tensor([advantage], **F64),
+            mask,
+            beta=0.0,
+            importance_sampling_level="sequence",
+        )
+        assert loss.item() == pytest.approx(-expected_objective, abs=1e-12)
+        assert stats["ratio"].item() == pytest.approx(math.sqrt(3), abs=1e-12)
+        assert stats["clip_ratio"].item() == clipped
+    # Its gradient per token is s * A / |o_i| (unclipped, GSPO Eq. 10 with the mean).
+    lp = lp.clone().requires_grad_(True)
+    loss, _ = grpo_loss(
+        lp,
+        old,
+        None,
+        torch.tensor([-1.0], **F64),
+        mask,
+        beta=0.0,
+        importance_sampling_level="sequence",
+    )
+    loss.backward()
+    torch.testing.assert_close(lp.grad, torch.full((1, 2), math.sqrt(3) / 2, **F64))
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_the_kl_in_the_loss_takes_any_estimator(estimator):
+    lp, old, ref, adv, mask = _hand_batch()
+    base, _ = grpo_loss(lp, old, ref, adv, mask, beta=0.0)
+    with_kl, stats = grpo_loss(lp, old, ref, adv, mask, beta=0.1, kl_estimator=estimator)
+    log_ratio = (ref - lp)[mask]  # log(pi_ref / pi) of the counted tokens
+    per_token = {"k1": -log_ratio, "k2": 0.5 * log_ratio**2, "k3": log_ratio.exp() - log_ratio - 1}
+    kl = per_token[estimator]
+    # Sequence mean: tokens 0, 1 are completion 0, token 2 completion 1.
+    expected = 0.1 * ((kl[0] + kl[1]) / 2 + kl[2]) / 2
+    assert (with_kl - base).item() == pytest.approx(expected.item(), abs=1e-12)
+    assert stats["kl"].item() == pytest.approx(kl.mean().item(), abs=1e-12)
+    ppo, ppo_stats = ppo_policy_loss(
+        lp,
+        old,
+        adv[:, None].expand_as(lp),
+        mask,
+        ref_logprobs=ref,
+        beta=0.1,
+        kl_estimator=estimator,
+    )
+    ppo_base, _ = ppo_policy_loss(lp, old, adv[:, None].expand_as(lp), mask)
+    assert (ppo - ppo_base).item() == pytest.approx(0.1 * kl.mean().item(), abs=1e-12)
 
 
 def test_epsilon_high_decouples_upper_clip():
@@ -163,19 +245,22 @@ def test_aggregate_hand_values():
     mask = torch.tensor([[True, True, False], [True, False, False]])
     assert aggregate(x, mask, "sequence_mean").item() == pytest.approx((2 + 2) / 2)
     assert aggregate(x, mask, "token_mean").item() == pytest.approx(6 / 3)
-    assert aggregate(x, mask, "constant_normalizer").item() == pytest.approx(6 / 6)
+    assert aggregate(x, mask, "constant_normalizer", 3).item() == pytest.approx(6 / 6)
+    assert aggregate(x, mask, "constant_normalizer", 10).item() == pytest.approx(6 / 20)
 
 
-@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant_normalizer"])
+@pytest.mark.parametrize(
+    "aggregation", ["sequence_mean", "token_mean", "constant_normalizer", "batch_token_mean"]
+)
 def test_micro_batch_weights_make_accumulation_exact(aggregation):
     g = torch.Generator().manual_seed(0)
     values = torch.randn(6, 5, generator=g, **F64)
     mask = torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 2, 4, 5])[:, None]
-    whole = aggregate(values, mask, aggregation)
+    whole = aggregate(values, mask, aggregation, 5)
     parts = [slice(0, 1), slice(1, 4), slice(4, 6)]  # uneven on purpose
     accumulated = sum(
         micro_batch_weight(mask[rows], mask, aggregation)
-        * aggregate(values[rows], mask[rows], aggregation)
+        * aggregate(values[rows], mask[rows], aggregation, 5)
         for rows in parts
     )
     torch.testing.assert_close(accumulated, whole, rtol=0, atol=1e-12)

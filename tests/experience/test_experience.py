@@ -7,13 +7,16 @@ from lit_rl.algorithms import (
     gae,
     group_normalized_advantages,
     process_supervised_advantages,
+    token_level_rewards,
     whiten,
 )
 from lit_rl.experience import (
     GAE,
     AdvantageInputs,
     GroupNormalized,
+    LeaveOneOut,
     ProcessSupervised,
+    ReinforcePlusPlus,
 )
 from tests.conftest import build_tokenizer, make_rollout
 
@@ -58,9 +61,12 @@ def test_minibatches_partition_the_rows():
 def _inputs(**overrides):
     g = torch.Generator().manual_seed(0)
     mask = torch.arange(5)[None, :] < torch.tensor([5, 2, 3, 4])[:, None]
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.5])
+    # The outcome on each last token minus a per-token KL (0.1 x |noise|), as in the reward.
+    kl = torch.randn(4, 5, generator=g).abs()
     defaults = dict(
-        rewards=torch.tensor([1.0, 0.0, 0.5, 0.5]),
-        token_rewards=torch.randn(4, 5, generator=g) * mask,
+        rewards=rewards,
+        token_rewards=token_level_rewards(rewards, mask, kl, kl_coef=0.1),
         completion_mask=mask,
         group_size=2,
         values=torch.randn(4, 5, generator=g),
@@ -70,13 +76,19 @@ def _inputs(**overrides):
 
 def test_group_normalized_is_the_outcome_advantage_on_every_counted_token():
     inputs = _inputs()
-    advantages, returns = GroupNormalized()(inputs)
+    plain = _inputs(token_rewards=token_level_rewards(inputs.rewards, inputs.completion_mask))
+    advantages, returns = GroupNormalized()(plain)
     expected = group_normalized_advantages(inputs.rewards, 2)[:, None] * inputs.completion_mask
     assert torch.equal(advantages, expected) and returns is None
     # Group 2 has equal rewards: zero advantage, not NaN.
     assert torch.equal(advantages[2:], torch.zeros(2, 5))
-    dr_grpo, _ = GroupNormalized(scale_by_std=False)(inputs)
+    dr_grpo, _ = GroupNormalized(scale_by_std=False)(plain)
     assert dr_grpo[0, 0].item() == pytest.approx(0.5)  # r - mean = 1 - 0.5
+    # With a KL in the reward, the group statistics are of each completion's return.
+    shaped, _ = GroupNormalized()(inputs)
+    returns_ = inputs.token_rewards.sum(1)
+    expected = group_normalized_advantages(returns_, 2)[:, None] * inputs.completion_mask
+    torch.testing.assert_close(shaped, expected)
 
 
 def test_process_supervised_wraps_the_pure_function_and_needs_step_rewards():
@@ -113,3 +125,38 @@ def test_gae_estimator_whitens_advantages_and_returns_unwhitened_targets():
     assert GAE.needs_values and not GroupNormalized.needs_values
     with pytest.raises(ValueError, match="GAE needs values"):
         GAE()(_inputs(values=None))
+
+
+def test_leave_one_out_uses_the_return_with_the_kl_in_the_reward():
+    inputs = _inputs()  # token_rewards random: the return is their sum per completion
+    advantages, returns = LeaveOneOut()(inputs)
+    ret = inputs.token_rewards.sum(1)
+    # Group of 2: each completion's baseline is the other one's return.
+    expected = torch.stack([ret[0] - ret[1], ret[1] - ret[0], ret[2] - ret[3], ret[3] - ret[2]])
+    torch.testing.assert_close(advantages, expected[:, None] * inputs.completion_mask)
+    assert returns is None and not LeaveOneOut.needs_values
+
+
+def test_reinforce_plus_plus_whitens_the_returns_to_go_over_the_batch():
+    inputs = _inputs()
+    mask = inputs.completion_mask
+    advantages, returns = ReinforcePlusPlus()(inputs)
+    # By hand: returns-to-go (gamma 1) are reversed cumulative sums over counted tokens, then
+    # (G - mean) / std over every counted token of the batch.
+    rewards = inputs.token_rewards * mask
+    to_go = rewards.flip(1).cumsum(1).flip(1)
+    counted = to_go[mask]
+    expected = (to_go - counted.mean()) / counted.std() * mask
+    torch.testing.assert_close(advantages, expected, rtol=0, atol=1e-5)
+    assert returns is None
+    # The group baseline subtracts each group's mean outcome reward from its last tokens.
+    with_baseline, _ = ReinforcePlusPlus(baseline="group_mean")(inputs)
+    group_mean = torch.tensor([0.5, 0.5, 0.5, 0.5])  # rewards [1, 0], [0.5, 0.5]
+    last = mask.sum(1) - 1
+    shifted = inputs.token_rewards.clone()
+    shifted[torch.arange(4), last] -= group_mean
+    to_go = (shifted * mask).flip(1).cumsum(1).flip(1)
+    counted = to_go[mask]
+    torch.testing.assert_close(
+        with_baseline, (to_go - counted.mean()) / counted.std() * mask, rtol=0, atol=1e-5
+    )

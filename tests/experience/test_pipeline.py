@@ -145,3 +145,33 @@ def test_a_process_estimator_without_step_rewards_names_the_fix(tiny_model_dir):
     module = _module(tiny_model_dir, advantage_estimator=ProcessSupervised())
     with pytest.raises(ValueError, match="ProcessSupervised needs step rewards"):
         _fit(module, tiny_model_dir)
+
+
+class RecordingGRPO(GRPOModule):
+    """Records every micro-batch's token count, rows and loss weight, by optimizer step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records: list[tuple[int, int, int, float]] = []
+
+    def accumulate_gradients(self, micro, weight):
+        tokens, rows = int(micro.completion_mask.sum()), len(micro)
+        self.records.append((self.trainer.global_step, tokens, rows, weight))
+        return super().accumulate_gradients(micro, weight)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+def test_each_loss_type_weighs_micro_batches_over_its_batch(tiny_model_dir, loss_type):
+    """dapo: every token of the Experience weighs the same in every optimizer step (weight =
+    tokens x M / tokens of the Experience); grpo, dr_grpo, bnpo: micro-batches by rows."""
+    torch.manual_seed(0)
+    args = tiny_module_args(tiny_model_dir, max_completion_length=10, loss_type=loss_type, beta=0.0)
+    module = RecordingGRPO(**args, num_mini_batches=2, gradient_accumulation_steps=2)
+    trainer, capture = _fit(module, tiny_model_dir)
+    experience_tokens = int(capture.experience.completion_mask.sum())
+    steps = sorted({step for step, *_ in module.records})
+    assert len(steps) == 2 and len(module.records) == 4  # 2 minibatches x 2 micro-batches
+    for step, tokens, rows, weight in module.records:
+        minibatch_rows = sum(r for s, _, r, _ in module.records if s == step)
+        expected = tokens * 2 / experience_tokens if loss_type == "dapo" else rows / minibatch_rows
+        assert weight == pytest.approx(expected, rel=1e-12), (step, tokens, rows)

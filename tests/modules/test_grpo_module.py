@@ -5,8 +5,14 @@ import torch
 from lightning.pytorch import Callback
 from peft import LoraConfig
 
-from lit_rl.algorithms import group_normalized_advantages, grpo_loss
+from lit_rl.algorithms import (
+    group_normalized_advantages,
+    grpo_loss,
+    kl_penalty,
+    token_level_rewards,
+)
 from lit_rl.data import PromptDataModule
+from lit_rl.experience import LeaveOneOut, ProcessSupervised
 from lit_rl.modules import GRPOModule
 from lit_rl.rollout import HFGenerateEngine, PackedEngine
 from tests.conftest import TINY_LORA, built, fit_rollouts, rollout_trainer, tiny_module_args
@@ -125,9 +131,15 @@ def test_without_rollout_callback_the_error_says_what_to_add(tiny_model_dir):
     [
         (dict(num_generations=1), "num_generations must be >= 2"),
         (dict(temperature=0.0), "temperature must be > 0"),
-        (dict(beta=-1.0), "beta must be >= 0"),
+        (dict(beta=-1.0), "beta and kl_coef must be >= 0"),
         (dict(num_iterations=0), "num_iterations must be >= 1"),
         (dict(epsilon=1.5), "epsilon must be in \\(0, 1\\)"),
+        (dict(importance_sampling_level="group"), "must be 'token' or 'sequence'"),
+        (dict(loss_type="bogus"), "unknown loss_type"),
+        (
+            dict(kl_coef=0.1, advantage_estimator=ProcessSupervised()),
+            "ProcessSupervised does not read: put the KL in the loss",
+        ),
     ],
 )
 def test_bad_config_values_are_named(tiny_model_dir, kwargs, message):
@@ -207,3 +219,40 @@ def test_activation_checkpointing_recomputes_layers_without_changing_gradients(t
     assert plain.calls == 1 and checkpointed.calls == 2  # forward, and its recompute in backward
     for name, grad in plain.grads.items():
         torch.testing.assert_close(checkpointed.grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_the_kl_in_the_reward_is_an_option_of_grpo(tiny_model_dir):
+    """kl_coef folds k1 KL(pi_old || pi_ref) into the per-token reward (REINFORCE++-style);
+    the group statistics are then of each completion's return."""
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, beta=0.0, kl_coef=0.2, advantage_estimator=LeaveOneOut())
+    assert module.uses_reference and module.needs_old_logprobs
+    capture = Capture()
+    trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[capture])
+    e = capture.rollout
+    kl = kl_penalty(e.old_logprobs, e.ref_logprobs, "k1")
+    torch.testing.assert_close(e.kl, kl)
+    torch.testing.assert_close(
+        e.token_rewards, token_level_rewards(e.rewards, e.completion_mask, kl, kl_coef=0.2)
+    )
+    returns = e.token_rewards.sum(1).view(-1, 4)
+    baseline = (returns.sum(1, keepdim=True) - returns) / 3
+    torch.testing.assert_close(
+        e.advantages, (returns - baseline).reshape(-1, 1) * e.completion_mask
+    )
+    assert "rollout/kl" in trainer.callback_metrics and "train/kl" not in trainer.callback_metrics
+
+
+def test_gspo_trains_on_the_sequence_ratio(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(
+        tiny_model_dir,
+        importance_sampling_level="sequence",
+        epsilon=3e-4,
+        epsilon_high=4e-4,
+        num_iterations=2,
+    )
+    trainer = _fit(module, tiny_model_dir, steps=2)
+    # The second pass sees a moved policy: sequence ratios leave 1, and GSPO's tight range clips.
+    assert trainer.global_step == 2
+    assert trainer.callback_metrics["train/clip_ratio"] > 0

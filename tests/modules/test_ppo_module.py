@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lit_rl.algorithms import gae, kl_penalty, token_level_rewards, whiten
-from lit_rl.experience import GroupNormalized
+from lit_rl.experience import ProcessSupervised, ReinforcePlusPlus
 from lit_rl.models import VALUE_ADAPTER
 from lit_rl.modules import PPOModule
 from lit_rl.rewards import FunctionReward
@@ -26,7 +26,8 @@ class Capture(Callback):
             self.weights = copy.deepcopy(pl_module.state_dict())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.explained.append(trainer.callback_metrics["train/vf_explained_var"].item())
+        if "train/vf_explained_var" in trainer.callback_metrics:
+            self.explained.append(trainer.callback_metrics["train/vf_explained_var"].item())
 
 
 def _module(tiny_model_dir, **kwargs):
@@ -139,7 +140,10 @@ def test_a_separate_value_model_trains_beside_full_finetuning(tiny_model_dir):
     ("kwargs", "message"),
     [
         (dict(lora=None), "value adapter on the policy's backbone, which needs LoRA"),
-        (dict(advantage_estimator=GroupNormalized()), "does not use its values: use GAE"),
+        (
+            dict(advantage_estimator=ProcessSupervised(), kl_coef=0.1),
+            "ProcessSupervised does not read: put the KL in the loss",
+        ),
         (dict(kl_coef=0.0, kl_target=1.0), "start from kl_coef > 0"),
         (dict(vf_coef=0.0), "vf_coef must be > 0"),
         (dict(ppo_epochs=0), "ppo_epochs must be >= 1"),
@@ -148,3 +152,32 @@ def test_a_separate_value_model_trains_beside_full_finetuning(tiny_model_dir):
 def test_bad_ppo_configuration_is_named(tiny_model_dir, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _module(tiny_model_dir, **kwargs)
+
+
+def test_reinforce_plus_plus_is_ppo_without_a_critic(tiny_model_dir):
+    """A critic-free estimator: no value adapter or head is built or trained, the loss is the
+    clipped surrogate alone, the KL is in the reward and the advantages are whitened returns."""
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, advantage_estimator=ReinforcePlusPlus(), kl_coef=0.1)
+    trainer, capture = _fit(module, tiny_model_dir, steps=4)
+    assert module.critic is None
+    assert not any(VALUE_ADAPTER in name for name, _ in module.named_parameters())
+    metrics = trainer.callback_metrics
+    assert "train/value_loss" not in metrics and "train/vf_explained_var" not in metrics
+    assert metrics["train/loss"] == metrics["train/policy_loss"]
+    e = capture.experiences[0]
+    assert e.values is None and e.returns is None and e.kl is not None
+    mask = e.completion_mask
+    to_go = (e.token_rewards * mask).flip(1).cumsum(1).flip(1)
+    # Whitened with whiten's eps of 1e-8 in the variance: it matters here, where every reward
+    # of the random tiny model is 0 and the returns are only the small KL penalties.
+    whitened = (to_go - to_go[mask].mean()) / (to_go[mask].var() + 1e-8).sqrt()
+    torch.testing.assert_close(e.advantages, whitened * mask, atol=1e-5, rtol=1e-5)
+
+
+def test_the_kl_in_the_loss_is_an_option_of_ppo(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, kl_coef=0.0, beta=0.1, loss_kl_estimator="k2")
+    trainer, capture = _fit(module, tiny_model_dir, steps=4)
+    assert module.uses_reference and capture.experiences[0].kl is None
+    assert "train/kl" in trainer.callback_metrics
