@@ -82,16 +82,16 @@ def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed
     )
 
 
-def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), logprob_check=None):
-    """A quiet Trainer with a RolloutCallback (``logprob_check``, the default one when
-    ``None``), plus ``callbacks``, and no validation."""
+def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), logprob_check=None, rollout=None):
+    """A quiet Trainer with a RolloutCallback (``rollout``, else one with ``logprob_check``,
+    the default one when ``None``), plus ``callbacks``, and no validation."""
     from lightning.pytorch import Trainer
 
     from lit_rl.callbacks import RolloutCallback
 
     return Trainer(
         max_steps=max_steps,
-        callbacks=[RolloutCallback(logprob_check), *callbacks],
+        callbacks=[rollout or RolloutCallback(logprob_check), *callbacks],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -108,18 +108,21 @@ def fit_rollouts(
     callbacks: tuple = (),
     engine=None,
     logprob_check=None,
+    rollout=None,
+    ckpt_path=None,
     **data_args,
 ):
     """Train ``module`` for ``steps`` optimizer steps on the embedded math prompts, tokenized for
-    the model in ``model_dir``, with ``engine`` as its rollout engine when given;
-    ``data_args`` override PromptDataModule's test defaults."""
+    the model in ``model_dir``, with ``engine`` as its rollout engine when given, ``rollout``
+    as its RolloutCallback when given, from ``ckpt_path`` when given; ``data_args`` override
+    PromptDataModule's test defaults."""
     from lit_rl.data import PromptDataModule
 
     if engine is not None:
         module.engine = engine
     settings = dict(tokenizer=str(model_dir), batch_size=2, num_train=8, num_val=2)
-    trainer = rollout_trainer(steps, callbacks, logprob_check)
-    trainer.fit(module, PromptDataModule(**{**settings, **data_args}))
+    trainer = rollout_trainer(steps, callbacks, logprob_check, rollout)
+    trainer.fit(module, PromptDataModule(**{**settings, **data_args}), ckpt_path=ckpt_path)
     return trainer
 
 

@@ -47,7 +47,7 @@ from lit_rl.algorithms.sampler_mismatch import (
     sampler_correction_weights,
     sampler_mismatch,
 )
-from lit_rl.algorithms.shaping import token_level_rewards
+from lit_rl.algorithms.shaping import overlong_penalty, token_level_rewards
 
 __all__ = [
     "AGGREGATIONS",
@@ -75,6 +75,7 @@ __all__ = [
     "leave_one_out_advantages",
     "masked_mean",
     "micro_batch_weight",
+    "overlong_penalty",
     "ppo_policy_loss",
     "process_supervised_advantages",
     "sampler_correction_weights",

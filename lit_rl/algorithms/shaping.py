@@ -24,3 +24,22 @@ def token_level_rewards(
     if kl is not None:
         token_rewards = token_rewards - kl_coef * kl.to(rewards.dtype) * completion_mask
     return token_rewards
+
+
+def overlong_penalty(
+    lengths: torch.Tensor,  # [N] completion lengths in tokens
+    max_length: int,  # L_max, the generation budget (max_completion_length)
+    buffer_length: int,  # L_cache, the soft-penalty zone before L_max
+    penalty_factor: float = 1.0,
+) -> torch.Tensor:  # [N], <= 0
+    """DAPO's soft overlong punishment (Yu et al., 2025, Eq. 13), added to the reward:
+    0 for ``|y| <= L_max - L_cache``, ``((L_max - L_cache) - |y|) / L_cache`` inside the
+    buffer (falling linearly to -1 at ``L_max``), -1 past ``L_max``; times ``penalty_factor``.
+    """
+    if not 0 < buffer_length <= max_length:
+        raise ValueError(
+            f"buffer_length must be in (0, max_length={max_length}], got {buffer_length}"
+        )
+    free = max_length - buffer_length
+    penalty = ((free - lengths.to(torch.float32)) / buffer_length).clamp(max=0.0, min=-1.0)
+    return penalty_factor * penalty

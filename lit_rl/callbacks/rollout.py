@@ -1,6 +1,7 @@
 """RolloutCallback: drives the experience pipeline before every training step."""
 
 import time
+from collections import defaultdict
 from typing import Any
 
 import torch
@@ -9,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lit_rl.algorithms import global_mean, global_std, sampler_mismatch
 from lit_rl.experience import (
     EXPERIENCE_KEY,
+    DynamicSampling,
     Experience,
     ExperienceModule,
     ExperienceSpec,
@@ -33,14 +35,27 @@ class RolloutCallback(Callback):
     as ``rollout/logprob_mismatch_k3`` (``_max``, ``_frac_over``) with the synced weights'
     version and fingerprint; ``logprob_check`` warns or stops past its thresholds.
 
+    With ``dynamic_sampling`` (DAPO) the batch's groups whose rewards are all equal are
+    dropped and the next batches' prompts are drawn until a batch of groups with signal is
+    full; until then the training step is skipped (no optimizer step), and the groups kept so
+    far travel in checkpoints.
+
     Args:
         logprob_check: thresholds of the engine check (``lit_rl.rollout.LogprobCheck``).
+        dynamic_sampling: DAPO's dynamic sampling (``lit_rl.experience.DynamicSampling``);
+            ``None`` trains on every batch as drawn.
     """
 
-    def __init__(self, logprob_check: LogprobCheck | None = None) -> None:
+    def __init__(
+        self,
+        logprob_check: LogprobCheck | None = None,
+        dynamic_sampling: DynamicSampling | None = None,
+    ) -> None:
         self.logprob_check = logprob_check or LogprobCheck()
+        self.dynamic_sampling = dynamic_sampling
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
         self.low_precision = False  # the policy computes in bf16/fp16; set at fit start
+        self.filling_seconds: dict[str, float] = defaultdict(float)  # phases of all draws
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         missing = missing_experience_members(pl_module)
@@ -93,10 +108,19 @@ class RolloutCallback(Callback):
         start = time.perf_counter()
         spec = pl_module.experience_spec()
         experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
-        batch[EXPERIENCE_KEY] = experience
         self.num_rollouts += 1
         seconds["total"] = time.perf_counter() - start
-        metrics = rollout_metrics(experience, spec, seconds)
+        for phase, value in seconds.items():
+            self.filling_seconds[phase] += value
+        metrics: dict[str, torch.Tensor] = {}
+        if self.dynamic_sampling is not None:
+            experience, metrics = self._fill(trainer, experience, spec)
+            if experience is None:
+                batch[EXPERIENCE_KEY] = None  # no optimizer step until the batch is full
+                return
+        batch[EXPERIENCE_KEY] = experience
+        metrics |= rollout_metrics(experience, spec, dict(self.filling_seconds))
+        self.filling_seconds.clear()
         for name, value in metrics.items():
             # Means over processes: every process samples as many prompts and groups.
             pl_module.log(
@@ -106,6 +130,30 @@ class RolloutCallback(Callback):
                 prog_bar=name == "rollout/reward",
                 sync_dist=True,
             )
+
+    def _fill(
+        self, trainer: Trainer, experience: Experience, spec: ExperienceSpec
+    ) -> tuple[Experience | None, dict[str, torch.Tensor]]:
+        """Offer the draw to the dynamic-sampling buffer; the full batch when every process's
+        is full (they step together) or at the cap on draws, else ``None``."""
+        sampling = self.dynamic_sampling
+        target = experience.num_groups  # the batch's prompts
+        draw = sampling.offer(experience, target)
+        full = torch.tensor(float(draw.full), device=experience.rewards.device)
+        if trainer.world_size > 1:
+            full = trainer.strategy.reduce(full, reduce_op="min")
+        if not (bool(full) or sampling.at_cap):
+            return None, {}
+        drawn, dropped, draws = sampling.drawn_groups, sampling.dropped_groups, sampling.draws
+        experience, filled = sampling.take(experience, target, spec.pad_token_id)
+        metrics = {
+            "rollout/draws": draws,
+            "rollout/prompts_drawn": drawn,
+            "rollout/groups_dropped": dropped,
+            "rollout/drawn_zero_std_fraction": dropped / drawn,
+            "rollout/groups_filled": filled,
+        }
+        return experience, {name: torch.tensor(float(v)) for name, v in metrics.items()}
 
     def on_train_batch_end(
         self,
@@ -117,8 +165,10 @@ class RolloutCallback(Callback):
     ) -> None:
         # By now pi_old is known either way: from the rollout, or (on-policy) from the update's
         # first forward pass, filled in by training_step.
-        experience: Experience = batch[EXPERIENCE_KEY]
-        if experience.old_logprobs is None or experience.sampler_logprobs is None:
+        experience: Experience | None = batch[EXPERIENCE_KEY]
+        if experience is None or experience.old_logprobs is None:
+            return
+        if experience.sampler_logprobs is None:
             return
         check = self.logprob_check
         mismatch = sampler_mismatch(
@@ -142,11 +192,16 @@ class RolloutCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         # The sampling RNG travels with the checkpoint so a resumed run draws the same rollouts.
-        return {"num_rollouts": self.num_rollouts, "torch_rng_state": torch.get_rng_state()}
+        state = {"num_rollouts": self.num_rollouts, "torch_rng_state": torch.get_rng_state()}
+        if self.dynamic_sampling is not None:  # the groups kept so far: experience in flight
+            state["dynamic_sampling"] = self.dynamic_sampling.state_dict()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.num_rollouts = state_dict["num_rollouts"]
         torch.set_rng_state(state_dict["torch_rng_state"])
+        if self.dynamic_sampling is not None and "dynamic_sampling" in state_dict:
+            self.dynamic_sampling.load_state_dict(state_dict["dynamic_sampling"])
 
 
 def rollout_metrics(

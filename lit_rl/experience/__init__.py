@@ -11,6 +11,7 @@ from lit_rl.experience.contract import (
     TokenScores,
     missing_experience_members,
 )
+from lit_rl.experience.dynamic_sampling import Draw, DynamicSampling
 from lit_rl.experience.estimators import (
     GAE,
     AdvantageEstimator,
@@ -20,7 +21,7 @@ from lit_rl.experience.estimators import (
     ProcessSupervised,
     ReinforcePlusPlus,
 )
-from lit_rl.experience.experience import Experience
+from lit_rl.experience.experience import Experience, concatenate
 from lit_rl.experience.pipeline import PromptBatch, make_experience
 from lit_rl.experience.steps import stopped_at_eos, token_char_ends, token_step_ends
 
@@ -29,6 +30,8 @@ __all__ = [
     "GAE",
     "AdvantageEstimator",
     "AdvantageInputs",
+    "Draw",
+    "DynamicSampling",
     "Experience",
     "ExperienceModule",
     "ExperienceSpec",
@@ -38,6 +41,7 @@ __all__ = [
     "PromptBatch",
     "ReinforcePlusPlus",
     "TokenScores",
+    "concatenate",
     "make_experience",
     "missing_experience_members",
     "stopped_at_eos",

@@ -22,8 +22,9 @@ class ExperienceSpec:
     """What an algorithm asks of the pipeline for the next rollout batch.
 
     ``kl_coef > 0`` folds ``kl_coef * KL(pi_old || pi_ref)`` (``kl_estimator`` per token) into
-    the per-token reward before the estimator runs (PPO); GRPO keeps its KL in the loss and
-    leaves it at 0.
+    the per-token reward before the estimator runs (PPO, REINFORCE++; 0 keeps the KL out of the
+    reward). ``overlong_buffer_length > 0`` adds DAPO's soft overlong penalty to the reward;
+    ``mask_truncated_completions`` leaves completions without an EOS out of the loss.
     """
 
     num_generations: int  # G
@@ -33,6 +34,9 @@ class ExperienceSpec:
     estimator: AdvantageEstimator
     kl_coef: float = 0.0
     kl_estimator: KLEstimator = "k1"
+    overlong_buffer_length: int = 0  # DAPO Eq. 13's L_cache; 0 = no overlong penalty
+    overlong_penalty_factor: float = 1.0
+    mask_truncated_completions: bool = False  # truncated rows leave the loss (DAPO)
 
 
 @dataclass(frozen=True)

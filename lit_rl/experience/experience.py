@@ -38,6 +38,9 @@ class Experience:
     reward_components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
     prompts: list[str] = field(default_factory=list)  # N prompt texts (for logging)
     completions: list[str] = field(default_factory=list)  # N completion texts
+    # [N] bool, rows the loss leaves out (truncated completions, mask_truncated_completions)
+    loss_excluded: torch.Tensor | None = None
+    group_size: int = 1  # G: rows k*G .. k*G+G-1 are prompt k's group, as built
     weights_version: int = -1  # the optimizer step whose weights sampled the rows
     weights_fingerprint: float = float("nan")  # of those weights (lit_rl.rollout)
 
@@ -47,6 +50,22 @@ class Experience:
     @property
     def num_completion_tokens(self) -> int:
         return self.completion_mask.shape[1]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self) // self.group_size
+
+    def select_groups(self, groups: torch.Tensor) -> "Experience":
+        """The rows of the groups ``groups`` ([k] long), in that order (as built: prompt-major)."""
+        offsets = torch.arange(self.group_size)
+        return self.select((groups[:, None].cpu() * self.group_size + offsets).reshape(-1))
+
+    @property
+    def loss_mask(self) -> torch.Tensor:  # [N, T] bool
+        """The tokens the loss counts: the completion's, minus rows it leaves out."""
+        if self.loss_excluded is None:
+            return self.completion_mask
+        return self.completion_mask & ~self.loss_excluded[:, None]
 
     @property
     def sequences(self) -> Sequences:
@@ -86,3 +105,82 @@ class Experience:
             else torch.arange(len(self))
         )
         return [self.select(rows) for rows in torch.tensor_split(order, num_minibatches)]
+
+
+def _pad_to(tensor: torch.Tensor, length: int, value: float | int, left: bool) -> torch.Tensor:
+    """``tensor`` [n, L, ...] padded on dim 1 to ``length`` with ``value``."""
+    missing = length - tensor.shape[1]
+    if missing == 0:
+        return tensor
+    pad = torch.full(
+        (tensor.shape[0], missing, *tensor.shape[2:]), value, dtype=tensor.dtype,
+        device=tensor.device,
+    )  # fmt: skip
+    return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
+
+
+# How each [N, T] field pads to a longer completion, and each [N, S] field to more steps.
+_TOKEN_PAD: dict[str, float | int | bool] = {
+    "completion_mask": False,
+    "token_rewards": 0.0,
+    "advantages": 0.0,
+    "returns": 0.0,
+    "old_logprobs": 0.0,
+    "sampler_logprobs": 0.0,
+    "ref_logprobs": 0.0,
+    "values": 0.0,
+    "kl": 0.0,
+}
+_STEP_PAD: dict[str, float | int] = {"step_rewards": 0.0, "step_ends": -1}
+
+
+def concatenate(experiences: list[Experience], pad_token_id: int) -> Experience:
+    """The rows of ``experiences`` in order, as one Experience: prompts re-padded on the left
+    to the longest prompt, completions on the right to the longest completion, steps to the
+    most steps (padding counts nowhere: masks False, step ends -1). The parts must come from
+    the same weights (their ``weights_version``) and carry the same fields."""
+    if not experiences:
+        raise ValueError("concatenate needs at least one Experience")
+    versions = {e.weights_version for e in experiences}
+    if len(versions) > 1:
+        raise ValueError(f"cannot join Experiences sampled by different weights: {versions}")
+    prompt_length = max(e.input_ids.shape[1] - e.num_completion_tokens for e in experiences)
+    completion_length = max(e.num_completion_tokens for e in experiences)
+    num_steps = max(
+        (e.step_rewards.shape[1] for e in experiences if e.step_rewards is not None), default=0
+    )
+
+    def sequence(e: Experience, tensor: torch.Tensor, value: int) -> torch.Tensor:
+        t = e.num_completion_tokens
+        prompt = _pad_to(tensor[:, :-t], prompt_length, value, left=True)
+        return torch.cat([prompt, _pad_to(tensor[:, -t:], completion_length, value, False)], 1)
+
+    joined: dict[str, object] = {}
+    first = experiences[0]
+    for f in fields(Experience):
+        values = [getattr(e, f.name) for e in experiences]
+        if f.name == "input_ids":
+            joined[f.name] = torch.cat(
+                [sequence(e, e.input_ids, pad_token_id) for e in experiences]
+            )
+        elif f.name == "attention_mask":
+            joined[f.name] = torch.cat([sequence(e, e.attention_mask, 0) for e in experiences])
+        elif all(v is None for v in values):
+            joined[f.name] = None
+        elif any(v is None for v in values):
+            raise ValueError(f"cannot join Experiences where only some have '{f.name}'")
+        elif f.name in _TOKEN_PAD:
+            pad = _TOKEN_PAD[f.name]
+            joined[f.name] = torch.cat([_pad_to(v, completion_length, pad, False) for v in values])
+        elif f.name in _STEP_PAD:
+            pad = _STEP_PAD[f.name]
+            joined[f.name] = torch.cat([_pad_to(v, num_steps, pad, False) for v in values])
+        elif isinstance(values[0], torch.Tensor):  # [N]
+            joined[f.name] = torch.cat(values)
+        elif isinstance(values[0], dict):
+            joined[f.name] = {key: torch.cat([v[key] for v in values]) for key in values[0]}
+        elif isinstance(values[0], list):
+            joined[f.name] = [item for v in values for item in v]
+        else:  # weights_version, weights_fingerprint: equal in every part
+            joined[f.name] = getattr(first, f.name)
+    return Experience(**joined)

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from lit_rl.algorithms import kl_penalty, token_level_rewards
+from lit_rl.algorithms import kl_penalty, overlong_penalty, token_level_rewards
 from lit_rl.experience.contract import ExperienceModule
 from lit_rl.experience.estimators import AdvantageInputs
 from lit_rl.experience.experience import Experience
@@ -55,6 +55,17 @@ def make_experience(
     reward = module.score(fields["prompt"], completions, fields, where)
     device = prompt_ids.device
     rewards = reward.total.to(device)
+    components = dict(reward.components)
+    stopped = stopped_at_eos(completion_ids, completion_mask, spec.eos_token_ids)  # [N]
+    if spec.overlong_buffer_length > 0:  # DAPO's soft overlong punishment, in the reward
+        penalty = overlong_penalty(
+            completion_mask.sum(dim=1),
+            spec.sampling.max_new_tokens,
+            spec.overlong_buffer_length,
+            spec.overlong_penalty_factor,
+        ).to(rewards.dtype)
+        rewards = rewards + penalty
+        components["overlong_penalty"] = penalty
     step_rewards = None if reward.step_rewards is None else reward.step_rewards.to(device)
     step_ends = None
     if reward.step_ends is not None:
@@ -64,7 +75,7 @@ def make_experience(
             completion_mask.cpu(),
             reward.step_ends.cpu(),
             completions,
-            stopped_at_eos(completion_ids, completion_mask, spec.eos_token_ids).cpu(),
+            stopped.cpu(),
             decode,
         ).to(device)
     seconds["scoring"], start = time.perf_counter() - start, time.perf_counter()
@@ -117,9 +128,12 @@ def make_experience(
         kl=kl,
         step_rewards=step_rewards,
         step_ends=step_ends,
-        reward_components=reward.components,
+        reward_components=components,
         prompts=fields["prompt"],
         completions=completions,
+        # DAPO's overlong filtering: a truncated completion's tokens leave the loss.
+        loss_excluded=~stopped if spec.mask_truncated_completions else None,
+        group_size=group_size,
         weights_version=generation.weights_version,
         weights_fingerprint=generation.weights_fingerprint,
     )

@@ -89,8 +89,8 @@ class PolicyModule(LightningModule):
         warmup_steps: linear learning-rate warm-up, in optimizer steps.
         max_grad_norm: gradient clipping by global norm; 0 disables.
         num_mini_batches: optimizer steps per pass over one Experience; its rows are shuffled
-            and cut into this many minibatches (it must divide the rollouts of a step,
-            prompts per batch x num_generations).
+            and cut into this many minibatches, whose sizes differ by at most one row when it
+            does not divide the rollouts of a step (prompts per batch x num_generations).
         gradient_accumulation_steps: micro-batches per minibatch, to bound memory; the
             accumulated gradient equals the minibatch's (weighted by the loss aggregation).
             The default 2 halves the update's saved activations, which set a CPU step's peak
@@ -110,6 +110,12 @@ class PolicyModule(LightningModule):
             ``token_mask``, ``sequence_mask``; docs/rollout.md).
         sampler_correction_bounds: ``(low, high)``: the masks keep ratios in [low, high]; TIS
             truncates at high.
+        overlong_buffer_length: DAPO's soft overlong punishment (Eq. 13): a completion longer
+            than ``max_completion_length - overlong_buffer_length`` tokens loses reward
+            linearly, down to ``-overlong_penalty_factor`` at the budget; 0 = off.
+        overlong_penalty_factor: the penalty at the budget.
+        mask_truncated_completions: leave completions that hit ``max_completion_length``
+            without an EOS out of the loss (DAPO's overlong filtering).
     """
 
     def __init__(
@@ -134,6 +140,9 @@ class PolicyModule(LightningModule):
         evaluation: EvaluationPlan | None = None,
         sampler_correction: SamplerCorrection = "none",
         sampler_correction_bounds: tuple[float, float] = (0.5, 2.0),
+        overlong_buffer_length: int = 0,
+        overlong_penalty_factor: float = 1.0,
+        mask_truncated_completions: bool = False,
     ) -> None:
         super().__init__()
         checks = [
@@ -167,6 +176,15 @@ class PolicyModule(LightningModule):
                 0 <= sampler_correction_bounds[0] < 1 < sampler_correction_bounds[1],
                 "sampler_correction_bounds must be (low, high) with 0 <= low < 1 < high, got "
                 f"{sampler_correction_bounds}",
+            ),
+            (
+                0 <= overlong_buffer_length <= max_completion_length,
+                "overlong_buffer_length must be in [0, max_completion_length="
+                f"{max_completion_length}], got {overlong_buffer_length}",
+            ),
+            (
+                overlong_penalty_factor >= 0,
+                f"overlong_penalty_factor must be >= 0, got {overlong_penalty_factor}",
             ),
         ]
         for ok, message in checks:
@@ -331,6 +349,9 @@ class PolicyModule(LightningModule):
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_ids=tuple(self.eos_token_ids),
             estimator=self.advantage_estimator,
+            overlong_buffer_length=self.hparams.overlong_buffer_length,
+            overlong_penalty_factor=self.hparams.overlong_penalty_factor,
+            mask_truncated_completions=self.hparams.mask_truncated_completions,
         )
 
     def score(
@@ -392,18 +413,14 @@ class PolicyModule(LightningModule):
     # ---- optimisation over one Experience -------------------------------------------------
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        experience: Experience | None = batch.get(EXPERIENCE_KEY)
-        if experience is None:
+        if EXPERIENCE_KEY not in batch:
             raise RuntimeError(
                 f"{type(self).__name__} trains on rollouts: add "
                 "lit_rl.callbacks.RolloutCallback to trainer.callbacks"
             )
-        if len(experience) % self.num_mini_batches:
-            raise ValueError(
-                f"num_mini_batches={self.num_mini_batches} does not divide the "
-                f"{len(experience)} rollouts of a step (prompts per batch x num_generations): "
-                "choose a divisor, so every optimizer step sees as many rollouts"
-            )
+        experience: Experience | None = batch[EXPERIENCE_KEY]
+        if experience is None:  # the driver is still filling a batch (dynamic sampling)
+            return
         if self.hparams.activation_checkpointing:
             # Every eval() (generation's included) disarms the layers; arm them for the update.
             arm_checkpointed_layers(self.policy)
@@ -415,7 +432,7 @@ class PolicyModule(LightningModule):
         trainer_logprobs: list[torch.Tensor] = []
         totals: dict[str, float] = defaultdict(float)
         num_steps = 0
-        batch_tokens = self.global_sum(experience.completion_mask.sum())
+        batch_tokens = max(1.0, self.global_sum(experience.loss_mask.sum()))
         for _ in range(self.update_epochs):
             for minibatch in experience.minibatches(self.num_mini_batches, generator):
                 self.optimizers().zero_grad(set_to_none=True)
@@ -424,14 +441,14 @@ class PolicyModule(LightningModule):
                     # DAPO's token mean is over the whole batch: the minibatch's token mean
                     # times its share of the batch's tokens (x the number of minibatches, one
                     # optimizer step each) weighs every token the same in every step.
-                    minibatch_tokens = self.global_sum(minibatch.completion_mask.sum())
+                    minibatch_tokens = self.global_sum(minibatch.loss_mask.sum())
                     loss_share *= self.num_mini_batches * minibatch_tokens / batch_tokens
                 for micro in minibatch.split(min(self.gradient_accumulation_steps, len(minibatch))):
                     weight = loss_share * micro_batch_weight(
-                        micro.completion_mask, minibatch.completion_mask, self.loss_aggregation
+                        micro.loss_mask, minibatch.loss_mask, self.loss_aggregation
                     )
                     token_weight = token_share * micro_batch_weight(
-                        micro.completion_mask, minibatch.completion_mask, "token_mean"
+                        micro.loss_mask, minibatch.loss_mask, "token_mean"
                     )
                     stats, logprobs = self.accumulate_gradients(micro, weight)
                     if on_policy:
@@ -470,7 +487,7 @@ class PolicyModule(LightningModule):
         world_size = self.trainer.world_size
         if world_size == 1:
             return 1.0, 1.0
-        mask = minibatch.completion_mask
+        mask = minibatch.loss_mask
         counts = [aggregation_count(mask, self.loss_aggregation), int(mask.sum())]
         local = torch.tensor(counts, dtype=torch.float64, device=self.device)
         total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")

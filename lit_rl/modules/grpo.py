@@ -126,7 +126,7 @@ class GRPOModule(PolicyModule):
             old_logprobs,
             micro.ref_logprobs,
             micro.advantages,
-            micro.completion_mask,
+            micro.loss_mask,
             epsilon=self.epsilon,
             epsilon_high=self.epsilon_high,
             beta=self.beta,
@@ -139,7 +139,7 @@ class GRPOModule(PolicyModule):
         self.manual_backward(loss * weight)
         stats = {
             "loss": loss.detach(),
-            "entropy": masked_mean(entropy, micro.completion_mask),
+            "entropy": masked_mean(entropy, micro.loss_mask),
             **stats,
         }
         return stats, logprobs.detach()

@@ -160,7 +160,7 @@ class PPOModule(PolicyModule):
     def accumulate_gradients(
         self, micro: Experience, weight: float
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        mask = micro.completion_mask
+        mask = micro.loss_mask
         logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
         policy_loss, policy_stats = ppo_policy_loss(

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from lit_rl.algorithms import AdaptiveKLController, kl_penalty, token_level_rewards
+from lit_rl.algorithms import (
+    AdaptiveKLController,
+    kl_penalty,
+    overlong_penalty,
+    token_level_rewards,
+)
 
 
 def test_sequence_reward_lands_on_the_last_counted_token():
@@ -52,3 +57,13 @@ def test_adaptive_kl_controller_follows_ziegler():
 def test_adaptive_kl_controller_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         AdaptiveKLController(**kwargs)
+
+
+def test_overlong_penalty_is_dapo_eq13():
+    # L_max 64, L_cache 16: free up to 48 tokens, then linear to -1 at 64.
+    lengths = torch.tensor([10, 48, 49, 56, 64])
+    penalty = overlong_penalty(lengths, max_length=64, buffer_length=16, penalty_factor=0.5)
+    expected = 0.5 * torch.tensor([0.0, 0.0, -1 / 16, -8 / 16, -1.0])
+    torch.testing.assert_close(penalty, expected)
+    with pytest.raises(ValueError, match="buffer_length must be in"):
+        overlong_penalty(lengths, max_length=64, buffer_length=0)

@@ -99,6 +99,19 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss.item(), abs=1e-6)
 
 
+class RecordingGRPO(GRPOModule):
+    """Records every micro-batch's token count, rows and loss weight, by optimizer step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records: list[tuple[int, int, int, float]] = []
+
+    def accumulate_gradients(self, micro, weight):
+        tokens, rows = int(micro.completion_mask.sum()), len(micro)
+        self.records.append((self.trainer.global_step, tokens, rows, weight))
+        return super().accumulate_gradients(micro, weight)
+
+
 def _ppo(tiny_model_dir, **kwargs):
     settings = {"max_completion_length": 10, "learning_rate": 1e-5, "ppo_epochs": 1, **kwargs}
     return PPOModule(**tiny_module_args(tiny_model_dir, **settings))
@@ -130,10 +143,16 @@ def test_minibatches_take_one_optimizer_step_each_and_need_old_logprobs(tiny_mod
     assert trainer.global_step == 4 and capture.experience.old_logprobs is not None
 
 
-def test_num_mini_batches_must_divide_the_rollouts(tiny_model_dir):
-    module = _module(tiny_model_dir, num_mini_batches=3)  # 2 prompts x 4 = 8 rollouts
-    with pytest.raises(ValueError, match="num_mini_batches=3 does not divide the 8 rollouts"):
-        _fit(module, tiny_model_dir)
+def test_num_mini_batches_that_do_not_divide_the_rollouts_cut_them_unevenly(tiny_model_dir):
+    torch.manual_seed(0)
+    module = RecordingGRPO(  # 2 prompts x 4 = 8 rollouts in minibatches of 3, 3 and 2
+        **tiny_module_args(tiny_model_dir, max_completion_length=10),
+        num_mini_batches=3,
+        gradient_accumulation_steps=1,
+    )
+    trainer, _ = _fit(module, tiny_model_dir)
+    assert trainer.global_step == 3
+    assert [rows for _, _, rows, _ in module.records] == [3, 3, 2]
 
 
 def test_an_estimator_that_needs_values_is_refused_by_grpo(tiny_model_dir):
@@ -145,19 +164,6 @@ def test_a_process_estimator_without_step_rewards_names_the_fix(tiny_model_dir):
     module = _module(tiny_model_dir, advantage_estimator=ProcessSupervised())
     with pytest.raises(ValueError, match="ProcessSupervised needs step rewards"):
         _fit(module, tiny_model_dir)
-
-
-class RecordingGRPO(GRPOModule):
-    """Records every micro-batch's token count, rows and loss weight, by optimizer step."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.records: list[tuple[int, int, int, float]] = []
-
-    def accumulate_gradients(self, micro, weight):
-        tokens, rows = int(micro.completion_mask.sum()), len(micro)
-        self.records.append((self.trainer.global_step, tokens, rows, weight))
-        return super().accumulate_gradients(micro, weight)
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
@@ -175,3 +181,33 @@ def test_each_loss_type_weighs_micro_batches_over_its_batch(tiny_model_dir, loss
         minibatch_rows = sum(r for s, _, r, _ in module.records if s == step)
         expected = tokens * 2 / experience_tokens if loss_type == "dapo" else rows / minibatch_rows
         assert weight == pytest.approx(expected, rel=1e-12), (step, tokens, rows)
+
+
+def test_overlong_penalty_and_truncated_completions_leave_the_loss(tiny_model_dir):
+    torch.manual_seed(0)
+    module = _module(
+        tiny_model_dir,
+        overlong_buffer_length=4,
+        overlong_penalty_factor=0.5,
+        mask_truncated_completions=True,
+        num_generations=4,
+    )
+    trainer, capture = _fit(module, tiny_model_dir)
+    e = capture.experience
+    lengths = e.completion_mask.sum(1).float()
+    # DAPO Eq. 13 by hand: budget 10, free up to 6 tokens, -0.5 at 10.
+    penalty = 0.5 * ((6 - lengths) / 4).clamp(min=-1.0, max=0.0)
+    torch.testing.assert_close(e.reward_components["overlong_penalty"], penalty)
+    components = e.reward_components
+    outcome = components["contains_target"] + components["brevity"]  # the reward's total
+    torch.testing.assert_close(e.rewards, outcome + penalty)
+    t = e.completion_mask.shape[1]
+    stopped = stopped_at_eos(e.input_ids[:, -t:], e.completion_mask, tuple(module.eos_token_ids))
+    assert torch.equal(e.loss_excluded, ~stopped) and (~stopped).any()
+    assert not e.loss_mask[~stopped].any()
+    # The loss counts only the tokens of completions that stopped.
+    fresh = _module(tiny_model_dir)
+    built(fresh).policy.load_state_dict(capture.weights)
+    logprobs, _ = fresh.policy_logprobs(e.sequences)
+    loss, _ = grpo_loss(logprobs, logprobs.detach(), e.ref_logprobs, e.advantages, e.loss_mask)
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss.item(), abs=1e-6)
