@@ -210,3 +210,29 @@ def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path):
     assert (checkpoints / "policy" / "adapter" / "adapter_model.safetensors").is_file()
     meta = torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)
     assert meta["global_step"] == 2
+
+
+def test_dynamic_sampling_steps_every_process_together(tiny_model_dir, tmp_path):
+    # Each process keeps its own groups, so one is full while another still draws; they must
+    # take every optimizer step together (a process stepping alone would hang the others'
+    # gradient all-reduce), until max_steps.
+    from tests.test_cli import TINY
+
+    command = [
+        str(Path(sys.executable).with_name("lit-rl")), "fit",
+        "--config", "recipes/grpo_math_dapo.yaml",
+        f"--model.init_args.model={tiny_model_dir}",
+        f"--data.init_args.tokenizer={tiny_model_dir}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+        "--trainer.max_steps=3", "--trainer.val_check_interval=100",
+        "--model.init_args.overlong_buffer_length=4", *TINY,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    last = tmp_path / "grpo_math_dapo" / "version_0" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True, map_location="cpu")
+    assert checkpoint["global_step"] == 3
+    rollout = next(v for k, v in checkpoint["callbacks"].items() if "RolloutCallback" in k)
+    assert rollout["num_rollouts"] >= 3 and rollout["dynamic_sampling"]["kept"] == []
