@@ -34,9 +34,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_tiny_model(vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int = 0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+def tiny_llama_config(vocab_size: int, eos_token_id: int, pad_token_id: int, **extra):
+    """A 2-layer Llama of width 32; ``extra`` adds or overrides fields (e.g. ``num_labels``)."""
+    settings = dict(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -49,7 +49,12 @@ def build_tiny_model(vocab_size: int, eos_token_id: int, pad_token_id: int, seed
         pad_token_id=pad_token_id,
         bos_token_id=eos_token_id,
     )
-    return LlamaForCausalLM(config)
+    return LlamaConfig(**{**settings, **extra})
+
+
+def build_tiny_model(vocab_size: int, eos_token_id: int, pad_token_id: int, seed: int = 0):
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size, eos_token_id, pad_token_id))
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,26 @@ def _clipped_surrogate(
     return surrogate, clipped_term < unclipped_term
 
 
+def _minus_kl(
+    objective: torch.Tensor,  # [N, T]
+    logprobs: torch.Tensor,  # [N, T]
+    ref_logprobs: torch.Tensor | None,  # [N, T]
+    completion_mask: torch.Tensor,  # [N, T] bool
+    beta: float,
+    estimator: KLEstimator,
+    stats: dict[str, torch.Tensor],
+) -> torch.Tensor:  # [N, T]
+    """``objective - beta * KL(pi || pi_ref)`` per token, ``objective`` itself at beta = 0;
+    the KL's mean over counted tokens goes to ``stats["kl"]``."""
+    if beta == 0.0:
+        return objective
+    if ref_logprobs is None:
+        raise ValueError("beta != 0 needs ref_logprobs; pass beta=0.0 to train without KL")
+    kl = kl_penalty(logprobs, ref_logprobs, estimator)
+    stats["kl"] = masked_mean(kl, completion_mask).detach()
+    return objective - beta * kl
+
+
 def grpo_loss(
     logprobs: torch.Tensor,  # [N, T]
     old_logprobs: torch.Tensor,  # [N, T]
@@ -212,12 +232,9 @@ def grpo_loss(
     surrogate, clipped = _clipped_surrogate(ratio, advantages, epsilon, epsilon_high)
     per_token_objective = surrogate if sampler_weights is None else sampler_weights * surrogate
     stats: dict[str, torch.Tensor] = {}
-    if beta != 0.0:
-        if ref_logprobs is None:
-            raise ValueError("beta != 0 needs ref_logprobs; pass beta=0.0 to train without KL")
-        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
-        per_token_objective = per_token_objective - beta * kl
-        stats["kl"] = masked_mean(kl, completion_mask).detach()
+    per_token_objective = _minus_kl(
+        per_token_objective, logprobs, ref_logprobs, completion_mask, beta, kl_estimator, stats
+    )
     loss = -aggregate(per_token_objective, completion_mask, aggregation, max_completion_length)
     stats["clip_ratio"] = masked_mean(clipped.to(logprobs.dtype), completion_mask).detach()
     stats["ratio"] = masked_mean(ratio, completion_mask).detach()
@@ -251,12 +268,9 @@ def ppo_policy_loss(
     if sampler_weights is not None:
         surrogate = sampler_weights * surrogate
     stats: dict[str, torch.Tensor] = {}
-    if beta != 0.0:
-        if ref_logprobs is None:
-            raise ValueError("beta != 0 needs ref_logprobs; pass beta=0.0 to train without KL")
-        kl = kl_penalty(logprobs, ref_logprobs, kl_estimator)
-        surrogate = surrogate - beta * kl
-        stats["kl"] = masked_mean(kl, completion_mask).detach()
+    surrogate = _minus_kl(
+        surrogate, logprobs, ref_logprobs, completion_mask, beta, kl_estimator, stats
+    )
     loss = -aggregate(surrogate, completion_mask, aggregation)
     stats |= {
         "clip_ratio": masked_mean(clipped.to(logprobs.dtype), completion_mask).detach(),

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForTokenClassification
+from transformers import LlamaForTokenClassification
 
 from lit_rl.rewards import MathCorrectness, ProcessRewardModel, check_reward_output
-from tests.conftest import build_tiny_model, build_tokenizer
+from tests.conftest import build_tiny_model, build_tokenizer, tiny_llama_config
 
 PROMPT = "What is 2 + 3?"
 COMPLETION = "2 + 3 = 5\n \nso 5\nAnswer: 5"  # three steps; a blank piece is skipped
@@ -27,15 +27,8 @@ def classifier_prm(tmp_path_factory):
     directory = tmp_path_factory.mktemp("prm-classifier")
     tokenizer = build_tokenizer()
     torch.manual_seed(4)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=2,
-        pad_token_id=tokenizer.pad_token_id,
+    config = tiny_llama_config(
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=2
     )
     LlamaForTokenClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

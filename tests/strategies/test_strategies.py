@@ -187,22 +187,30 @@ def test_unsupported_combinations_fail_at_setup_with_the_fix(tiny_model_dir):
         module.setup("fit")
 
 
-def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path):
-    # The recipe as a user runs it: lit-rl starts the second process itself (Lightning's
-    # launcher), both train, evaluate, checkpoint their shards and export the policy once.
+def _lit_rl_on_two_cpu_processes(recipe: str, *args: str) -> None:
+    """``lit-rl fit`` of ``recipe`` with two CPU processes (Lightning's launcher starts the
+    second), the tiny settings and ``args``; fails with its stderr."""
     from tests.test_cli import TINY
 
     command = [
-        str(Path(sys.executable).with_name("lit-rl")), "fit",
-        "--config", "recipes/grpo_math_fsdp.yaml",
-        f"--model.init_args.model={tiny_model_dir}",
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.accelerator=cpu", "--trainer.devices=2",
-        "--trainer.max_steps=2", "--trainer.val_check_interval=2", *TINY,
+        str(Path(sys.executable).with_name("lit-rl")), "fit", "--config", f"recipes/{recipe}.yaml",
+        "--trainer.accelerator=cpu", "--trainer.devices=2", *args, *TINY,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path):
+    # The recipe as a user runs it: both processes train, evaluate, checkpoint their shards
+    # and export the policy once.
+    _lit_rl_on_two_cpu_processes(
+        "grpo_math_fsdp",
+        f"--model.init_args.model={tiny_model_dir}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.max_steps=2",
+        "--trainer.val_check_interval=2",
+    )
     checkpoints = tmp_path / "grpo_math_fsdp" / "version_0" / "checkpoints"
     shards = sorted(p.name for p in (checkpoints / "last.ckpt").glob("*.distcp"))
     assert shards == ["__0_0.distcp", "__1_0.distcp"]
@@ -216,21 +224,16 @@ def test_dynamic_sampling_steps_every_process_together(tiny_model_dir, tmp_path)
     # Each process keeps its own groups, so one is full while another still draws; they must
     # take every optimizer step together (a process stepping alone would hang the others'
     # gradient all-reduce), until max_steps.
-    from tests.test_cli import TINY
-
-    command = [
-        str(Path(sys.executable).with_name("lit-rl")), "fit",
-        "--config", "recipes/grpo_math_dapo.yaml",
+    _lit_rl_on_two_cpu_processes(
+        "grpo_math_dapo",
         f"--model.init_args.model={tiny_model_dir}",
         f"--data.init_args.tokenizer={tiny_model_dir}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
-        "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
-        "--trainer.max_steps=3", "--trainer.val_check_interval=100",
-        "--model.init_args.overlong_buffer_length=4", *TINY,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+        "--trainer.strategy=ddp",
+        "--trainer.max_steps=3",
+        "--trainer.val_check_interval=100",
+        "--model.init_args.overlong_buffer_length=4",
+    )
     last = tmp_path / "grpo_math_dapo" / "version_0" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True, map_location="cpu")
     assert checkpoint["global_step"] == 3
