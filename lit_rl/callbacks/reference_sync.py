@@ -18,7 +18,10 @@ class ReferenceSyncCallback(Callback):
     - LoRA (reference = base weights with adapters off): ``alpha`` of every adapter's delta
       ``B A`` is merged into the base weights and ``B`` is scaled by ``1 - alpha``. The policy
       (base + adapter) is unchanged, the reference becomes the mix, and no second copy of the
-      model exists. The adapters' optimizer state is reset, as for a fresh adapter.
+      model exists. The adapters' optimizer state is reset, as for a fresh adapter. This needs
+      float32 base weights: added into bf16 weights, ``alpha * B A`` is partly rounded away while
+      ``B`` still shrinks, so the policy itself would change at every sync; other dtypes are
+      refused when training starts.
 
     Args:
         ref_sync_steps: optimizer steps between syncs (TRL's ``ref_model_sync_steps``).
@@ -52,6 +55,22 @@ class ReferenceSyncCallback(Callback):
                 "0): there is nothing to sync; remove the callback or enable the KL term"
             )
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After configure_model: the weights and their dtype exist now.
+        if pl_module.reference is None:
+            self._check_lora_base_precision(pl_module)
+
+    @staticmethod
+    def _check_lora_base_precision(pl_module: PolicyModule) -> None:
+        dtypes = {layer.get_base_layer().weight.dtype for layer in lora_layers(pl_module.policy)}
+        if dtypes - {torch.float32}:
+            raise ValueError(
+                "ReferenceSyncCallback with LoRA merges alpha x each adapter's delta into the "
+                f"base weights, which are {sorted(str(d) for d in dtypes)}: in bf16/fp16 the "
+                "rounding discards part of the delta (most of a small one) and the policy "
+                "itself changes at every sync. Set the module's dtype to float32, or train without the callback"
+            )
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -68,6 +87,7 @@ class ReferenceSyncCallback(Callback):
             ):
                 ref.lerp_(param.to(ref.dtype), self.alpha)
             return
+        self._check_lora_base_precision(pl_module)
         adapter_params = []
         for layer in lora_layers(pl_module.policy):
             for adapter in layer.active_adapters:

@@ -79,3 +79,24 @@ def test_schedule_state_and_validation():
         ReferenceSyncCallback(ref_sync_mixup_alpha=0.0)
     with pytest.raises(ValueError, match="ref_sync_steps must be >= 1"):
         ReferenceSyncCallback(ref_sync_steps=0)
+
+
+def test_lora_sync_refuses_bf16_base_weights_that_would_change_the_policy(tiny_model_dir):
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    module = built(
+        GRPOModule(reward=FormatReward(), model=str(tiny_model_dir), dtype="bfloat16", lora=config)
+    )
+    layer = lora_layers(module.policy)[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.add_(1e-3)  # a small trained delta
+        delta = layer.get_delta_weight("default").float()
+        base = layer.get_base_layer().weight
+        # The defect being refused: bf16 rounding loses part of alpha x delta (here ~14 %; the
+        # smaller the delta against the weight, the more), while B still shrinks by 1 - alpha.
+        merged = (base + 0.6 * delta.to(base.dtype)).float() - base.float()
+        assert (merged - 0.6 * delta).abs().mean() > 0.05 * (0.6 * delta).abs().mean()
+    with pytest.raises(ValueError, match="Set the module's dtype to float32"):
+        ReferenceSyncCallback().sync(module)
+    # Refused when training starts, not at the first sync, through the Trainer's hook.
+    with pytest.raises(ValueError, match="rounding discards part of the delta"):
+        ReferenceSyncCallback().on_fit_start(None, module)

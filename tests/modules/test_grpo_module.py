@@ -4,6 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from peft import LoraConfig
+from transformers import LlamaForCausalLM
 
 from lit_rl.algorithms import (
     group_normalized_advantages,
@@ -15,7 +16,16 @@ from lit_rl.data import PromptDataModule
 from lit_rl.experience import LeaveOneOut, ProcessSupervised
 from lit_rl.modules import GRPOModule
 from lit_rl.rollout import HFGenerateEngine, PackedEngine
-from tests.conftest import TINY_LORA, built, fit_rollouts, rollout_trainer, tiny_module_args
+from tests.conftest import (
+    TINY_LORA,
+    build_tokenizer,
+    built,
+    fit_rollouts,
+    make_rollout,
+    rollout_trainer,
+    tiny_llama_config,
+    tiny_module_args,
+)
 
 
 class Capture(Callback):
@@ -256,3 +266,25 @@ def test_gspo_trains_on_the_sequence_ratio(tiny_model_dir):
     # The second pass sees a moved policy: sequence ratios leave 1, and GSPO's tight range clips.
     assert trainer.global_step == 2
     assert trainer.callback_metrics["train/clip_ratio"] > 0
+
+
+def test_the_frozen_reference_of_full_finetuning_never_runs_dropout(tmp_path):
+    """A model with dropout (as GPT-2 and OPT ship): after train(), which Lightning's fit and
+    PolicyModule.on_fit_start call, neither the policy nor the frozen reference copy samples
+    dropout masks, so pi_ref (and the KL) is a function of the weights, not noise."""
+    tokenizer = build_tokenizer()
+    config = tiny_llama_config(
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, attention_dropout=0.5
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    module = built(_module(tmp_path, lora=None))
+    module.train()
+    assert module.reference is not None
+    for network in (module.policy, module.reference):
+        assert not any(m.training for m in network.modules())
+    rollout = make_rollout(module.tokenizer, ["abc", "a longer prompt"])
+    with torch.no_grad():
+        first = module.reference_logprobs(rollout.sequences)
+        second = module.reference_logprobs(rollout.sequences)
+    assert torch.equal(first, second)
