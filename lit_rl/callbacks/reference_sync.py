@@ -8,6 +8,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_rl.models.lora import lora_layers
 from lit_rl.modules import PolicyModule
+from lit_rl.state import require_keys
 from lit_rl.strategies import FSDP2Strategy
 
 
@@ -103,4 +104,5 @@ class ReferenceSyncCallback(Callback):
         return {"last_sync_step": self.last_sync_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        require_keys(state_dict, ["last_sync_step"], "ReferenceSyncCallback")
         self.last_sync_step = state_dict["last_sync_step"]

@@ -18,6 +18,7 @@ from lit_rl.experience import (
     missing_experience_members,
 )
 from lit_rl.rollout import LogprobCheck
+from lit_rl.state import require_keys
 from lit_rl.strategies import FSDP2Strategy
 
 
@@ -198,8 +199,10 @@ class RolloutCallback(Callback):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        require_keys(state_dict, ["num_rollouts", "torch_rng_state"], "RolloutCallback")
         self.num_rollouts = state_dict["num_rollouts"]
         torch.set_rng_state(state_dict["torch_rng_state"])
+        # A run that turns dynamic sampling on at a resume starts with an empty buffer.
         if self.dynamic_sampling is not None and "dynamic_sampling" in state_dict:
             self.dynamic_sampling.load_state_dict(state_dict["dynamic_sampling"])
 

@@ -17,6 +17,7 @@ from lit_rl.algorithms import (
 from lit_rl.experience import GAE, AdvantageEstimator, Experience, ExperienceSpec, TokenScores
 from lit_rl.models import Sequences
 from lit_rl.modules.base import PolicyModule, check_reward_kl
+from lit_rl.state import require_keys
 
 
 class PPOModule(PolicyModule):
@@ -220,4 +221,5 @@ class PPOModule(PolicyModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
+        require_keys(checkpoint, ["kl_coef"], type(self).__name__)
         self.kl_controller.coef = checkpoint["kl_coef"]

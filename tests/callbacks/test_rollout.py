@@ -78,3 +78,10 @@ def test_policy_modules_have_every_protocol_member(tiny_model_dir):
 
     for module_class in (GRPOModule, PPOModule):
         assert missing_experience_members(module_class(**tiny_module_args(tiny_model_dir))) == []
+
+
+def test_a_foreign_rollout_state_names_what_is_missing():
+    with pytest.raises(
+        KeyError, match="RolloutCallback cannot resume .* no num_rollouts, torch_rng_state"
+    ):
+        RolloutCallback().load_state_dict({})

@@ -181,3 +181,19 @@ def test_the_kl_in_the_loss_is_an_option_of_ppo(tiny_model_dir):
     trainer, capture = _fit(module, tiny_model_dir, steps=4)
     assert module.uses_reference and capture.experiences[0].kl is None
     assert "train/kl" in trainer.callback_metrics
+
+
+def test_a_checkpoint_of_another_algorithm_is_refused_by_name(tiny_model_dir, tmp_path):
+    from lit_rl.modules import GRPOModule
+
+    torch.manual_seed(0)
+    grpo = GRPOModule(**tiny_module_args(tiny_model_dir))
+    trainer = fit_rollouts(grpo, tiny_model_dir, steps=1)
+    path = tmp_path / "grpo.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(
+        KeyError, match="PPOModule cannot resume from this checkpoint: it has no kl_coef"
+    ):
+        # Critic-free, so the optimizer's parameters match GRPO's: only the KL state is missing.
+        ppo = _module(tiny_model_dir, advantage_estimator=ReinforcePlusPlus())
+        fit_rollouts(ppo, tiny_model_dir, steps=2, ckpt_path=path)
