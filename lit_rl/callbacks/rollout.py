@@ -70,6 +70,11 @@ class RolloutCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the policy exists (setup runs before it is built).
         self._check_context(trainer, pl_module)
+        if self.dynamic_sampling is not None and pl_module.experience_spec().num_generations < 2:
+            raise ValueError(
+                "dynamic sampling keeps groups whose rewards differ, and num_generations=1 "
+                "gives groups of one: sample num_generations >= 2, or remove dynamic_sampling"
+            )
         # The check's default thresholds follow the precision the policy computes in.
         strategy = trainer.strategy
         self.low_precision = (
@@ -214,7 +219,6 @@ def rollout_metrics(
 ) -> dict[str, torch.Tensor]:
     """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md)."""
     rewards, mask = experience.rewards, experience.completion_mask
-    group_std = rewards.view(-1, spec.num_generations).std(dim=1)
     last_tokens = experience.input_ids[:, -1]
     truncated = ~torch.isin(
         last_tokens, torch.tensor(spec.eos_token_ids, device=last_tokens.device)
@@ -223,8 +227,6 @@ def rollout_metrics(
     metrics = {
         "rollout/reward": experience.token_rewards.sum(dim=1).mean(),
         "rollout/score": rewards.mean(),
-        "rollout/reward_std": group_std.mean(),
-        "rollout/zero_std_fraction": (group_std == 0).float().mean(),
         "rollout/completion_len": mask.sum(1).float().mean(),
         "rollout/truncated_fraction": truncated.float().mean(),
         "rollout/advantage_std": global_std(experience.advantages[mask]),
@@ -233,6 +235,10 @@ def rollout_metrics(
         "rollout/weights_version": torch.tensor(experience.weights_version),
         "rollout/weights_fingerprint": torch.tensor(experience.weights_fingerprint),
     }
+    if spec.num_generations > 1:  # within-group statistics (G = 1 has no groups)
+        group_std = rewards.view(-1, spec.num_generations).std(dim=1)
+        metrics["rollout/reward_std"] = group_std.mean()
+        metrics["rollout/zero_std_fraction"] = (group_std == 0).float().mean()
     if experience.kl is not None:
         metrics["rollout/kl"] = (experience.kl * mask).sum(dim=1).mean()
         metrics["rollout/kl_coef"] = torch.tensor(spec.kl_coef)

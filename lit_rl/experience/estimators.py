@@ -46,6 +46,8 @@ class AdvantageEstimator(ABC):
     needs_values: bool = False
     #: whether it reads the per-token rewards, so that a KL folded into them acts on it
     uses_token_rewards: bool = True
+    #: whether it compares the completions of a prompt, so needs G >= 2 of them
+    needs_groups: bool = True
 
     @abstractmethod
     def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, torch.Tensor | None]: ...
@@ -101,6 +103,7 @@ class ReinforcePlusPlus(AdvantageEstimator):
             raise ValueError(f"baseline must be 'none' or 'group_mean', got {baseline!r}")
         self.gamma = gamma
         self.baseline = baseline
+        self.needs_groups = baseline == "group_mean"
 
     def __call__(self, inputs: AdvantageInputs) -> tuple[torch.Tensor, None]:
         mask = inputs.completion_mask
@@ -171,6 +174,7 @@ class GAE(AdvantageEstimator):
     """
 
     needs_values = True
+    needs_groups = False  # the critic is the baseline: classic PPO samples G = 1
 
     def __init__(self, gamma: float = 1.0, lam: float = 0.95, whiten_advantages: bool = True):
         if not 0 <= gamma <= 1 or not 0 <= lam <= 1:

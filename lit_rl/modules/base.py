@@ -80,7 +80,8 @@ class PolicyModule(LightningModule):
             (CUDA with bf16, CPUs with AMX or avx512_bf16) and the weights are frozen under
             LoRA, else ``float32``; the choice and its reason are logged at start. An explicit
             dtype always wins. LoRA adapters and log-probabilities are always float32.
-        num_generations: G, completions sampled per prompt.
+        num_generations: G, completions sampled per prompt; >= 2 for estimators that compare
+            a prompt's completions (all but GAE and REINFORCE++ without a baseline).
         max_completion_length: T, new tokens per completion at most.
         temperature: sampling temperature (logprobs are of the tempered distribution).
         top_p: nucleus sampling; 1.0 samples the full distribution.
@@ -146,10 +147,7 @@ class PolicyModule(LightningModule):
     ) -> None:
         super().__init__()
         checks = [
-            (
-                num_generations >= 2,
-                f"num_generations must be >= 2 to form groups, got {num_generations}",
-            ),
+            (num_generations >= 1, f"num_generations must be >= 1, got {num_generations}"),
             (
                 max_completion_length >= 1,
                 f"max_completion_length must be >= 1, got {max_completion_length}",
@@ -572,6 +570,17 @@ class PolicyModule(LightningModule):
                 batch_size=len(result.greedy_correct),
                 prog_bar=name == "greedy_accuracy",
             )
+
+
+def check_estimator(estimator: AdvantageEstimator, num_generations: int, kl_coef: float) -> None:
+    """Refuse settings under which ``estimator`` cannot work, naming the fix."""
+    if estimator.needs_groups and num_generations < 2:
+        raise ValueError(
+            f"num_generations must be >= 2 to form groups for {type(estimator).__name__}, got "
+            f"{num_generations}; sample at least two completions per prompt, or use an estimator "
+            "with a critic (GAE) for G = 1"
+        )
+    check_reward_kl(estimator, kl_coef)
 
 
 def check_reward_kl(estimator: AdvantageEstimator, kl_coef: float) -> None:

@@ -14,7 +14,7 @@ from lit_rl.algorithms import (
     masked_mean,
 )
 from lit_rl.experience import AdvantageEstimator, Experience, ExperienceSpec, GroupNormalized
-from lit_rl.modules.base import PolicyModule, check_reward_kl
+from lit_rl.modules.base import PolicyModule, check_estimator
 
 
 class GRPOModule(PolicyModule):
@@ -96,7 +96,7 @@ class GRPOModule(PolicyModule):
                 "use lit_rl.modules.PPOModule, or a critic-free estimator (GroupNormalized, "
                 "LeaveOneOut, ReinforcePlusPlus, ProcessSupervised)"
             )
-        check_reward_kl(estimator, kl_coef)
+        check_estimator(estimator, self.num_generations, kl_coef)
         self.advantage_estimator = estimator
         self.beta = beta
         self.loss_kl_estimator = loss_kl_estimator

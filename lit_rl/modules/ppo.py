@@ -16,7 +16,7 @@ from lit_rl.algorithms import (
 )
 from lit_rl.experience import GAE, AdvantageEstimator, Experience, ExperienceSpec, TokenScores
 from lit_rl.models import Sequences
-from lit_rl.modules.base import PolicyModule, check_reward_kl
+from lit_rl.modules.base import PolicyModule, check_estimator
 from lit_rl.state import require_keys
 
 
@@ -101,7 +101,7 @@ class PPOModule(PolicyModule):
             if not ok:
                 raise ValueError(f"PPOModule: {message}")
         estimator = advantage_estimator or GAE()
-        check_reward_kl(estimator, kl_coef)
+        check_estimator(estimator, self.num_generations, kl_coef)
         self.advantage_estimator = estimator
         self.epsilon = epsilon
         self.epsilon_high = epsilon_high

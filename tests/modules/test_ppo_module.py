@@ -197,3 +197,22 @@ def test_a_checkpoint_of_another_algorithm_is_refused_by_name(tiny_model_dir, tm
         # Critic-free, so the optimizer's parameters match GRPO's: only the KL state is missing.
         ppo = _module(tiny_model_dir, advantage_estimator=ReinforcePlusPlus())
         fit_rollouts(ppo, tiny_model_dir, steps=2, ckpt_path=path)
+
+
+def test_classic_ppo_samples_one_completion_per_prompt(tiny_model_dir):
+    """GAE's baseline is the critic, so G = 1 works (no group statistics are logged);
+    estimators that compare a prompt's completions refuse it, naming the fix."""
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, num_generations=1)
+    trainer, capture = _fit(module, tiny_model_dir, steps=4)
+    assert trainer.global_step == 4 and len(capture.experiences[0]) == 2  # 2 prompts x 1
+    assert "rollout/zero_std_fraction" not in trainer.callback_metrics
+    assert "train/value_loss" in trainer.callback_metrics
+    with pytest.raises(
+        ValueError, match="num_generations must be >= 2 to form groups for ReinforcePlusPlus"
+    ):
+        _module(
+            tiny_model_dir,
+            num_generations=1,
+            advantage_estimator=ReinforcePlusPlus(baseline="group_mean"),
+        )
