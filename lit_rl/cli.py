@@ -1,5 +1,8 @@
 """``lit-rl``: LightningCLI over lit_rl's modules and data. ``lit-rl fit --config recipes/x.yaml``."""
 
+import os
+import sys
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -24,6 +27,10 @@ def run_cli(args: list[str] | None = None) -> LitRLCLI:
 
 def main() -> None:
     """The ``lit-rl`` console script (returns nothing, so the exit status is 0 on success)."""
+    # As `python -m` does: a reward or data module in the working folder imports by class_path
+    # (a console script's path holds only its own folder).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     run_cli()
 
 

@@ -190,6 +190,27 @@ def test_console_script_exits_zero_on_success(tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_a_reward_module_in_the_working_folder_imports_under_the_console_script(tmp_path):
+    # The quickstart's my_rewards.py beside the user's recipe: `lit-rl` itself (not python -m,
+    # which would put the folder on the path) must find it by class_path.
+    (tmp_path / "my_rewards.py").write_text(
+        "from lit_rl.rewards import RewardOutput\n"
+        "import torch\n\n"
+        "class Longer:\n"
+        "    def __call__(self, prompts, completions, batch):\n"
+        "        total = torch.tensor([float(len(c)) for c in completions])\n"
+        "        return RewardOutput(total, {'length': total})\n"
+    )
+    recipe = Path(__file__).parents[1] / "recipes" / "grpo_math.yaml"
+    command = [
+        str(Path(sys.executable).with_name("lit-rl")), "fit", "--config", str(recipe),
+        "--model.init_args.reward=my_rewards.Longer", "--print_config",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "class_path: my_rewards.Longer" in result.stdout
+
+
 def test_ppo_recipe_trains_and_logs_the_documented_metrics(tiny_model_dir, tmp_path):
     run_cli(
         [
