@@ -24,6 +24,7 @@ FAST_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 class DTypeChoice:
     name: Literal["float32", "bfloat16", "float16"]
     reason: str
+    warning: str | None = None  # an explicit choice this hardware computes badly
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -44,7 +45,9 @@ def choose_dtype(
     are not trained (LoRA trains float32 adapters beside frozen weights); float32 otherwise.
     """
     if requested != "auto":
-        return DTypeChoice(requested, "set explicitly")
+        return DTypeChoice(
+            requested, "set explicitly", _slow_here(requested, device_type, cpu_flags, cuda_bf16)
+        )
     if trains_weights:
         return DTypeChoice(
             "float32", "full fine-tuning: bf16 weights would round away small AdamW updates"
@@ -60,6 +63,29 @@ def choose_dtype(
         "float32",
         "the CPU has neither amx_bf16 nor avx512_bf16 (bf16 would be emulated, ~60x slower)",
     )
+
+
+def _slow_here(
+    requested: DType, device_type: DeviceType, cpu_flags: frozenset[str], cuda_bf16: bool
+) -> str | None:
+    """Why an explicit ``requested`` computes badly on this hardware, or ``None``."""
+    if device_type == "cpu" and requested == "float16":
+        return (
+            "float16 on a CPU is emulated (slow) and its narrow range can overflow logits: use "
+            "dtype auto, float32, or bfloat16 on a CPU with amx_bf16/avx512_bf16"
+        )
+    if (
+        device_type == "cpu"
+        and requested == "bfloat16"
+        and not cpu_flags & set(FAST_BF16_CPU_FLAGS)
+    ):
+        return (
+            "bfloat16 on a CPU without amx_bf16/avx512_bf16 is emulated, ~60x slower than "
+            "float32: use dtype auto or float32"
+        )
+    if device_type == "cuda" and requested == "bfloat16" and not cuda_bf16:
+        return "this CUDA device has no bf16 support: use dtype auto or float32"
+    return None
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig
 from torch import nn
 
@@ -242,6 +242,8 @@ class PolicyModule(LightningModule):
             )
         recipe = self.model_recipe()
         choice = resolve_dtype(recipe.dtype, trains_weights=recipe.lora is None)
+        if choice.warning:
+            rank_zero_warn(f"lit_rl: dtype {choice.name}: {choice.warning}")
         message = f"{choice.name} weights ({choice.reason})"
         if isinstance(strategy, FSDP2Strategy) and strategy.computes_in_bf16:
             recipe = dataclasses.replace(recipe, dtype=strategy.weights_dtype(recipe.dtype))

@@ -61,3 +61,25 @@ def test_load_model_auto_uses_this_machines_choice(tiny_model_dir):
         "auto", "cpu", cpu_flags(), cuda_bf16=False, trains_weights=False
     ).torch_dtype
     assert load_model(str(tiny_model_dir), dtype="auto").dtype == on_this_cpu
+
+
+@pytest.mark.parametrize(
+    ("requested", "cpu", "device", "cuda_bf16", "warning"),
+    [
+        ("float16", "intel_amx", "cpu", False, "float16 on a CPU is emulated"),
+        ("bfloat16", "amd_avx2_only", "cpu", False, "~60x slower than float32"),
+        ("bfloat16", "amd_avx2_only", "cuda", False, "no bf16 support"),
+        ("bfloat16", "amd_avx512_bf16", "cpu", False, None),
+        ("float32", "amd_avx2_only", "cpu", False, None),
+        ("bfloat16", "amd_avx2_only", "cuda", True, None),
+    ],
+)
+def test_an_explicit_dtype_the_hardware_computes_badly_says_so(
+    requested, cpu, device, cuda_bf16, warning
+):
+    choice = _choose(requested, cpu=cpu, device=device, cuda_bf16=cuda_bf16)
+    assert choice.name == requested  # an explicit dtype still wins
+    if warning is None:
+        assert choice.warning is None
+    else:
+        assert warning in choice.warning

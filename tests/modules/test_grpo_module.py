@@ -288,3 +288,8 @@ def test_the_frozen_reference_of_full_finetuning_never_runs_dropout(tmp_path):
         first = module.reference_logprobs(rollout.sequences)
         second = module.reference_logprobs(rollout.sequences)
     assert torch.equal(first, second)
+
+
+def test_float16_weights_on_a_cpu_warn_with_the_fix(tiny_model_dir):
+    with pytest.warns(UserWarning, match="float16 on a CPU is emulated .* use dtype auto"):
+        built(_module(tiny_model_dir, dtype="float16"))
