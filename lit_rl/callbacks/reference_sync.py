@@ -69,7 +69,8 @@ class ReferenceSyncCallback(Callback):
                 "ReferenceSyncCallback with LoRA merges alpha x each adapter's delta into the "
                 f"base weights, which are {sorted(str(d) for d in dtypes)}: in bf16/fp16 the "
                 "rounding discards part of the delta (most of a small one) and the policy "
-                "itself changes at every sync. Set the module's dtype to float32, or train without the callback"
+                "itself changes at every sync. Set the module's dtype to float32, or train "
+                "without the callback"
             )
 
     def on_train_batch_end(

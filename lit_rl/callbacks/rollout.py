@@ -16,6 +16,7 @@ from lit_rl.experience import (
     ExperienceSpec,
     make_experience,
     missing_experience_members,
+    stopped_at_eos,
 )
 from lit_rl.rollout import LogprobCheck
 from lit_rl.state import require_keys
@@ -172,9 +173,11 @@ class RolloutCallback(Callback):
         # By now pi_old is known either way: from the rollout, or (on-policy) from the update's
         # first forward pass, filled in by training_step.
         experience: Experience | None = batch[EXPERIENCE_KEY]
-        if experience is None or experience.old_logprobs is None:
-            return
-        if experience.sampler_logprobs is None:
+        if (
+            experience is None
+            or experience.old_logprobs is None
+            or experience.sampler_logprobs is None
+        ):
             return
         check = self.logprob_check
         mismatch = sampler_mismatch(
@@ -219,11 +222,8 @@ def rollout_metrics(
 ) -> dict[str, torch.Tensor]:
     """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md)."""
     rewards, mask = experience.rewards, experience.completion_mask
-    last_tokens = experience.input_ids[:, -1]
-    truncated = ~torch.isin(
-        last_tokens, torch.tensor(spec.eos_token_ids, device=last_tokens.device)
-    )
-    truncated &= mask[:, -1]
+    completion_ids = experience.input_ids[:, -experience.num_completion_tokens :]
+    truncated = ~stopped_at_eos(completion_ids, mask, spec.eos_token_ids)
     metrics = {
         "rollout/reward": experience.token_rewards.sum(dim=1).mean(),
         "rollout/score": rewards.mean(),

@@ -21,6 +21,7 @@ from lit_rl.algorithms import (
     Aggregation,
     SamplerCorrection,
     aggregation_count,
+    all_reduce_sum,
     micro_batch_weight,
     sampler_correction_weights,
 )
@@ -432,7 +433,8 @@ class PolicyModule(LightningModule):
         trainer_logprobs: list[torch.Tensor] = []
         totals: dict[str, float] = defaultdict(float)
         num_steps = 0
-        batch_tokens = max(1.0, self.global_sum(experience.loss_mask.sum()))
+        if self.loss_aggregation == "batch_token_mean":  # every process's counted tokens
+            batch_tokens = max(1.0, float(all_reduce_sum(experience.loss_mask.sum())))
         for _ in range(self.update_epochs):
             for minibatch in experience.minibatches(self.num_mini_batches, generator):
                 self.optimizers().zero_grad(set_to_none=True)
@@ -441,7 +443,7 @@ class PolicyModule(LightningModule):
                     # DAPO's token mean is over the whole batch: the minibatch's token mean
                     # times its share of the batch's tokens (x the number of minibatches, one
                     # optimizer step each) weighs every token the same in every step.
-                    minibatch_tokens = self.global_sum(minibatch.loss_mask.sum())
+                    minibatch_tokens = float(all_reduce_sum(minibatch.loss_mask.sum()))
                     loss_share *= self.num_mini_batches * minibatch_tokens / batch_tokens
                 for micro in minibatch.split(min(self.gradient_accumulation_steps, len(minibatch))):
                     weight = loss_share * micro_batch_weight(
@@ -493,13 +495,6 @@ class PolicyModule(LightningModule):
         total = self.trainer.strategy.reduce(local.clone(), reduce_op="sum")
         shares = world_size * local / total.clamp(min=1)
         return float(shares[0]), float(shares[1])
-
-    def global_sum(self, count: torch.Tensor) -> float:
-        """``count`` summed over every process (itself on one)."""
-        if self.trainer.world_size == 1:
-            return float(count)
-        total = self.trainer.strategy.reduce(count.double().to(self.device), reduce_op="sum")
-        return float(total)
 
     def on_experience_used(self, experience: Experience) -> None:
         """Called after the updates on ``experience`` (PPO adapts its KL coefficient here)."""

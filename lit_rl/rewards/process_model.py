@@ -83,7 +83,12 @@ class ProcessRewardModel:
         self.step_separator = step_separator
         self.step_tag = step_tag
         self.query_separator = query_separator
-        self.candidate_ids = [self._single_token(good_token), self._single_token(bad_token)]
+        # The causal-LM head's two candidate next tokens; a classifier reads labels instead.
+        self.candidate_ids = (
+            [self._single_token(good_token), self._single_token(bad_token)]
+            if head == "causal_lm"
+            else []
+        )
         num_labels = getattr(self.model.config, "num_labels", 1)
         if head == "classifier" and not 0 <= positive_label < max(2, num_labels):
             raise ValueError(
@@ -98,12 +103,12 @@ class ProcessRewardModel:
 
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False).input_ids
-        if self.head == "causal_lm" and len(ids) != 1:
+        if len(ids) != 1:
             raise ValueError(
                 f"ProcessRewardModel: {text!r} is {len(ids)} tokens in the PRM's vocabulary; "
                 "good_token and bad_token must be one token each"
             )
-        return ids[0] if ids else -1
+        return ids[0]
 
     def split_steps(self, completion: str) -> list[tuple[int, int]]:
         """The (start, end) character spans of ``completion``'s non-empty steps."""
