@@ -1,9 +1,11 @@
 """RolloutCallback: drives the experience pipeline before every training step."""
 
+import random
 import time
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
@@ -56,6 +58,7 @@ class RolloutCallback(Callback):
         self.logprob_check = logprob_check or LogprobCheck()
         self.dynamic_sampling = dynamic_sampling
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
+        self.base_seed: int | None = None  # of every rollout's RNG seed; in checkpoints
         self.low_precision = False  # the policy computes in bf16/fp16; set at fit start
         self.filling_seconds: dict[str, float] = defaultdict(float)  # phases of all draws
 
@@ -83,13 +86,12 @@ class RolloutCallback(Callback):
         ) or any(p.dtype in (torch.bfloat16, torch.float16) for p in pl_module.policy.parameters())
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # seed_everything gives every process the same seed, so each would draw the same
-        # random numbers for its own prompts. After any checkpoint is restored (this hook
-        # runs then), every process derives its own seed from the shared state: still
-        # reproducible, no longer correlated.
-        if trainer.world_size > 1:
-            shared = int(torch.randint(0, 2**62, (1,)))
-            torch.manual_seed(shared + trainer.global_rank)
+        # After any checkpoint is restored (this hook runs then): a resumed run keeps the
+        # base seed it started with. A fresh one draws it from the global RNG (so it follows
+        # seed_everything), the same on every process.
+        if self.base_seed is None:
+            drawn = int(torch.randint(0, 2**62, (1,)))
+            self.base_seed = int(trainer.strategy.broadcast(drawn, src=0))
 
     @staticmethod
     def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:
@@ -114,6 +116,7 @@ class RolloutCallback(Callback):
     ) -> None:
         start = time.perf_counter()
         spec = pl_module.experience_spec()
+        seed_rollout(self.base_seed, self.num_rollouts, trainer.global_rank)
         experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
         self.num_rollouts += 1
         seconds["total"] = time.perf_counter() - start
@@ -200,19 +203,35 @@ class RolloutCallback(Callback):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        # The sampling RNG travels with the checkpoint so a resumed run draws the same rollouts.
-        state = {"num_rollouts": self.num_rollouts, "torch_rng_state": torch.get_rng_state()}
+        # Every rollout's seed follows from these two (and the rank): a resumed run draws the
+        # same rollouts as an uninterrupted one, on any device and number of processes.
+        state = {"num_rollouts": self.num_rollouts, "base_seed": self.base_seed}
         if self.dynamic_sampling is not None:  # the groups kept so far: experience in flight
             state["dynamic_sampling"] = self.dynamic_sampling.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        require_keys(state_dict, ["num_rollouts", "torch_rng_state"], "RolloutCallback")
+        require_keys(state_dict, ["num_rollouts", "base_seed"], "RolloutCallback")
         self.num_rollouts = state_dict["num_rollouts"]
-        torch.set_rng_state(state_dict["torch_rng_state"])
+        self.base_seed = state_dict["base_seed"]
         # A run that turns dynamic sampling on at a resume starts with an empty buffer.
         if self.dynamic_sampling is not None and "dynamic_sampling" in state_dict:
             self.dynamic_sampling.load_state_dict(state_dict["dynamic_sampling"])
+
+
+def seed_rollout(base_seed: int, rollout: int, rank: int) -> None:
+    """Seed every RNG a rollout may draw from (torch on the CPU and every CUDA device, numpy,
+    Python) from the run's base seed, the rollout's index and the process's rank.
+
+    Why per rollout and not one RNG state carried along: a rollout's randomness is then a
+    function of what the checkpoint holds (the base seed and the rollout count), however
+    many random numbers anything else drew before it (evaluation, a reward, a resumed run's
+    start-up); each process samples its own prompts with its own stream.
+    """
+    seed = int(np.random.SeedSequence([base_seed, rollout, rank]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(seed)  # the CPU generator and every CUDA device's
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def rollout_metrics(

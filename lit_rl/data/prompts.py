@@ -4,12 +4,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import load_dataset
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lit_rl.data.math_problems import train_test_split
+from lit_rl.data.resumable import ResumableDataLoader, ResumableSampler
 from lit_rl.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -187,15 +187,22 @@ class PromptDataModule(LightningDataModule):
             **fields,
         }
 
-    def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+    def train_dataloader(self) -> ResumableDataLoader:
+        # Resumable: checkpoints hold the position inside the epoch. Each epoch's order is a
+        # function of seed + epoch; under DDP/FSDP every process reads its own slice.
+        trainer = self.trainer
+        sampler = ResumableSampler(
+            len(self.train_rows),
+            self.seed,
+            rank=trainer.global_rank if trainer else 0,
+            num_replicas=trainer.world_size if trainer else 1,
+        )
+        return ResumableDataLoader(
             self.train_rows,
+            sampler,
             batch_size=self.batch_size,
-            shuffle=True,
             drop_last=True,
             collate_fn=self.collate,
-            generator=generator,
         )
 
     def val_dataloader(self) -> DataLoader | list:

@@ -2,6 +2,12 @@
 ``ModelParallelStrategy`` with lit_rl's parallel plan) or ``lightning.pytorch.strategies.
 DDPStrategy``; both on ``torchrun`` or SLURM (docs/scaling.md)."""
 
+from lit_rl.strategies.atomic_checkpoint import (
+    AtomicCheckpointIO,
+    remove_stale_staging,
+    replace_folder,
+    staging_path,
+)
 from lit_rl.strategies.checkpoint import optimizer_state_by_name, optimizer_state_by_position
 from lit_rl.strategies.fsdp2 import (
     FSDP2Strategy,
@@ -13,6 +19,7 @@ from lit_rl.strategies.fsdp2 import (
 from lit_rl.strategies.gradients import clip_grad_norm_
 
 __all__ = [
+    "AtomicCheckpointIO",
     "FSDP2Strategy",
     "clip_grad_norm_",
     "full_state_dict",
@@ -20,5 +27,8 @@ __all__ = [
     "is_sharded",
     "optimizer_state_by_name",
     "optimizer_state_by_position",
+    "remove_stale_staging",
+    "replace_folder",
     "shard_policy_models",
+    "staging_path",
 ]

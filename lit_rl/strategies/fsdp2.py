@@ -7,13 +7,16 @@ the trainable ones reach the optimizer. Each process gets its own prompts (the d
 sampler spans all processes); gradients are reduce-scattered in every backward pass.
 """
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
+from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -22,6 +25,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lit_rl.models import DType, PolicyModels, fast_bf16
+from lit_rl.strategies.atomic_checkpoint import replace_folder, staging_path
 
 MixedPrecision = Literal["auto", "bf16", "none"]
 
@@ -64,6 +68,7 @@ class FSDP2Strategy(ModelParallelStrategy):
                 f"mixed_precision must be 'auto', 'bf16' or 'none', got {mixed_precision!r}"
             )
         self.mixed_precision = mixed_precision
+        self.save_distributed = save_distributed_checkpoint
         self.shard_mesh: DeviceMesh | None = None
 
     def setup_environment(self) -> None:
@@ -77,6 +82,26 @@ class FSDP2Strategy(ModelParallelStrategy):
             self.shard_mesh = init_device_mesh(
                 device, (self.num_nodes, self.num_processes), mesh_dim_names=("replicate", "shard")
             )
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None
+    ) -> None:
+        """Write the checkpoint atomically: a folder of shards is written under a staging name
+        by every process, then renamed over ``filepath`` by rank 0 (a single file goes through
+        the checkpoint IO, ``AtomicCheckpointIO`` with ``PolicyCheckpoint``)."""
+        if not self.save_distributed:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        destination = Path(self.broadcast(str(filepath)))
+        staging = staging_path(destination)
+        if self.is_global_zero:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.barrier("lit_rl.checkpoint_staging")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier("lit_rl.checkpoint_written")  # every process's shards are on disk
+        if self.is_global_zero:
+            replace_folder(staging, destination)
+        self.barrier("lit_rl.checkpoint_replaced")
 
     @property
     def distributed_sampler_kwargs(self) -> dict[str, Any]:

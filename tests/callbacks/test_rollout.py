@@ -1,11 +1,14 @@
 import math
+import random
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from peft import LoraConfig
 
 from lit_rl.callbacks import RolloutCallback
+from lit_rl.callbacks.rollout import seed_rollout
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FunctionReward
@@ -46,17 +49,34 @@ def test_bad_rewards_stop_training_with_the_reward_and_batch_named(tiny_model_di
         _fit_with_reward(tiny_model_dir, fn)
 
 
-def test_rollout_state_round_trips_counter_and_rng(tiny_model_dir):
+def test_rollout_state_round_trips_counter_and_base_seed(tiny_model_dir):
     trainer = _fit_with_reward(tiny_model_dir, lambda p, c, b: [float(len(x)) for x in c])
     callback = next(c for c in trainer.callbacks if isinstance(c, RolloutCallback))
     state = callback.state_dict()
     assert state["num_rollouts"] == 1
-    expected = torch.rand(3)  # the draws that follow the saved RNG state
-    torch.manual_seed(123)  # a different process state, as after a restart
+    assert isinstance(state["base_seed"], int)
     restored = RolloutCallback()
     restored.load_state_dict(state)
-    assert restored.num_rollouts == 1
-    assert torch.equal(torch.rand(3), expected)
+    assert (restored.num_rollouts, restored.base_seed) == (1, state["base_seed"])
+
+
+def _draws() -> tuple[torch.Tensor, float, float]:
+    return torch.rand(3), float(np.random.rand()), random.random()
+
+
+def test_a_rollouts_randomness_is_a_function_of_base_seed_rollout_and_rank():
+    seed_rollout(11, 4, 0)
+    expected = _draws()
+    torch.manual_seed(123)  # whatever ran before (a restart, an evaluation, a reward)
+    np.random.seed(5)
+    random.seed(6)
+    seed_rollout(11, 4, 0)
+    again = _draws()
+    assert torch.equal(again[0], expected[0])  # torch, numpy and Python alike
+    assert again[1:] == expected[1:]
+    for other in [(11, 5, 0), (11, 4, 1), (12, 4, 0)]:
+        seed_rollout(*other)
+        assert not torch.equal(_draws()[0], expected[0]), other
 
 
 def test_callback_refuses_a_module_without_the_rollout_protocol():
@@ -82,6 +102,6 @@ def test_policy_modules_have_every_protocol_member(tiny_model_dir):
 
 def test_a_foreign_rollout_state_names_what_is_missing():
     with pytest.raises(
-        KeyError, match="RolloutCallback cannot resume .* no num_rollouts, torch_rng_state"
+        KeyError, match="RolloutCallback cannot resume .* no num_rollouts, base_seed"
     ):
         RolloutCallback().load_state_dict({})

@@ -1,0 +1,98 @@
+"""Callbacks the reliability tests add to a CLI run by ``class_path``: a recorder of each
+step's logged scalars and final weights, and ways for a process to die or be stopped at a
+chosen moment (SIGKILL after a step or halfway through a checkpoint write, SIGTERM/SIGINT)."""
+
+import io
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lit_rl.experience import EXPERIENCE_KEY
+
+
+class StepRecorder(Callback):
+    """Appends each optimizer step's logged ``train/*`` and ``rollout/*`` scalars (timings
+    left out) to ``path`` as a JSON line, and writes the module's state dict to
+    ``<path>.weights.pt`` when training ends. A resumed run appends to the same file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if batch[EXPERIENCE_KEY] is None:
+            return
+        row: dict[str, float] = {"step": trainer.global_step, "epoch": trainer.current_epoch}
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if name.startswith(("train/", "rollout/")) and not name.endswith("_time"):
+                row[name] = float(value)
+        with self.path.open("a") as file:
+            file.write(json.dumps(row) + "\n")  # repr of each float: read back bit for bit
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state = {name: tensor.detach().clone() for name, tensor in pl_module.state_dict().items()}
+        torch.save(state, self.path.with_suffix(".weights.pt"))
+
+
+class KillAfterStep(Callback):
+    """SIGKILLs its own process at the first batch that starts at optimizer step ``step`` or
+    later: listed after ``RolloutCallback``, once that batch's rollout is done (experience in
+    flight is lost, as in a real kill)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SignalAfterStep(Callback):
+    """Sends ``signum`` to its own process at the first batch that starts at optimizer step
+    ``step`` or later, as a scheduler's preemption (SIGTERM) or Ctrl+C (SIGINT) would."""
+
+    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+        self.step = step
+        self.signum = signum
+        self.sent = False
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if trainer.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
+
+
+class KillDuringCheckpointWrite(Callback):
+    """SIGKILLs its own process halfway through writing the ``nth`` checkpoint file (counting
+    every file written, interval and last alike): the bytes of half a checkpoint are on disk
+    when the process dies, as when a node fails during a save."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth = nth
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        save, count = torch.save, [0]
+
+        def half_then_kill(obj: Any, file: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401
+            count[0] += isinstance(file, io.IOBase) and not isinstance(file, io.BytesIO)
+            if count[0] < self.nth or isinstance(file, io.BytesIO):
+                save(obj, file, *args, **kwargs)
+                return
+            buffer = io.BytesIO()
+            save(obj, buffer, *args, **kwargs)
+            data = buffer.getvalue()
+            file.write(data[: len(data) // 2])
+            file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        torch.save = half_then_kill

@@ -1,0 +1,207 @@
+"""A run that was stopped and resumed through ``--ckpt_path last`` equals the run that was
+never interrupted: every step's logged losses, rewards and KL, and the final weights, bit for
+bit. Killed with SIGKILL after a step (GRPO and PPO, with and without LoRA, across an epoch
+boundary, a reference sync before the kill and one after it, minibatch shuffling, experience
+lost in flight), killed halfway through a checkpoint write, and stopped by SIGTERM/SIGINT.
+Each run is the ``lit-rl`` CLI in its own process."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).parents[2]
+BATCHES = 8  # training batches (rollouts) per run; 3 per epoch, so epochs end at 3 and 6
+KILLED_AT = 4  # the kill comes in batch 5, after the checkpoint of batch 4 (mid-epoch 2)
+STEPS_PER_BATCH = {"grpo": 2, "ppo": 4}  # optimizer steps: (ppo_epochs x) num_mini_batches
+
+
+def config(algorithm: str, lora: bool, model_dir: Path, out: Path, steps_per_batch: int) -> dict:
+    model = {
+        "model": str(model_dir),
+        "dtype": "float32",
+        "lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]} if lora else None,
+        "reward": {
+            "class_path": "tests.byo_reward.ContainsTargetCharacter",
+            "init_args": {"field": "answer"},
+        },
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "learning_rate": 1e-2,
+        "num_mini_batches": 2,  # the shuffle generator's state matters
+    }
+    if algorithm == "ppo":
+        model |= {"ppo_epochs": 2, "kl_coef": 0.05, "value_learning_rate": 1e-2}
+        if not lora:  # the critic is a second model (with LoRA, an adapter on the policy)
+            model["value_model"] = str(model_dir)
+    else:
+        model |= {"beta": 0.04}
+    every = steps_per_batch
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "max_steps": BATCHES * every,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "limit_val_batches": 0,
+            "callbacks": [
+                {"class_path": "lit_rl.callbacks.RolloutCallback"},
+                {
+                    "class_path": "lit_rl.callbacks.ReferenceSyncCallback",
+                    "init_args": {"ref_sync_steps": 3 * every, "ref_sync_mixup_alpha": 0.5},
+                },
+                {
+                    "class_path": "tests.reliability.probes.StepRecorder",
+                    "init_args": {"path": str(out / "steps.jsonl")},
+                },
+                {
+                    "class_path": "lit_rl.callbacks.PolicyCheckpoint",
+                    "init_args": {
+                        "dirpath": str(out / "checkpoints"),
+                        "every_n_train_steps": 2 * every,
+                        "save_last": True,
+                    },
+                },
+            ],
+        },
+        "model": {
+            "class_path": f"lit_rl.modules.{'PPOModule' if algorithm == 'ppo' else 'GRPOModule'}",
+            "init_args": model,
+        },
+        "data": {
+            "class_path": "lit_rl.data.PromptDataModule",
+            "init_args": {"batch_size": 2, "num_train": 6, "num_val": 0, "seed": 3},
+        },
+    }
+
+
+def fit(config_file: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(config_file), *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def steps(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def prepare(algorithm: str, lora: bool, model_dir: Path, root: Path, *names: str) -> dict:
+    """A folder with the run's config for each of ``names``."""
+    runs = {}
+    for name in names:
+        out = root / name
+        out.mkdir()
+        runs[name] = out
+        run_config = config(algorithm, lora, model_dir, out, STEPS_PER_BATCH[algorithm])
+        (out / "config.yaml").write_text(yaml.safe_dump(run_config))
+    return runs
+
+
+def assert_same_run(expected: Path, got: Path) -> None:
+    """The same logged scalars at every step and the same final weights, bit for bit."""
+    want_steps, have_steps = steps(expected), steps(got)
+    assert [row["epoch"] for row in want_steps] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert len(have_steps) == BATCHES
+    for want, have in zip(want_steps, have_steps, strict=True):
+        differ = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
+        assert not differ, (want["step"], differ)
+    assert any(row["train/loss"] != 0 for row in want_steps)  # the runs did learn something
+    want = torch.load(expected / "steps.weights.pt", weights_only=True)
+    have = torch.load(got / "steps.weights.pt", weights_only=True)
+    assert want.keys() == have.keys()
+    for name, tensor in want.items():
+        assert torch.equal(tensor, have[name]), name
+
+
+def probe(name: str, **args: object) -> list[str]:
+    """CLI arguments that append the probe callback ``name`` with ``args``."""
+    return [
+        f"--trainer.callbacks+=tests.reliability.probes.{name}",
+        *(f"--trainer.callbacks.{key}={value}" for key, value in args.items()),
+    ]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_grpo(tiny_model_dir, tmp_path_factory) -> Path:
+    """The uninterrupted GRPO + LoRA run the stop and kill tests compare with."""
+    out = prepare("grpo", True, tiny_model_dir, tmp_path_factory.mktemp("grpo"), "run")["run"]
+    result = fit(out / "config.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "lora"),
+    [("grpo", True), ("grpo", False), ("ppo", True), ("ppo", False)],
+    ids=["grpo-lora", "grpo-full", "ppo-lora", "ppo-full"],
+)
+def test_sigkill_then_resume_equals_the_uninterrupted_run(
+    algorithm, lora, tiny_model_dir, tmp_path
+):
+    runs = prepare(algorithm, lora, tiny_model_dir, tmp_path, "uninterrupted", "killed")
+    first = fit(runs["uninterrupted"] / "config.yaml")
+    assert first.returncode == 0, first.stderr[-3000:]
+    killed = fit(
+        runs["killed"] / "config.yaml",
+        *probe("KillAfterStep", step=KILLED_AT * STEPS_PER_BATCH[algorithm]),
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert len(steps(runs["killed"])) == KILLED_AT  # batch 5's rollout was lost with it
+    resumed = fit(runs["killed"] / "config.yaml", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(runs["uninterrupted"], runs["killed"])
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(
+    uninterrupted_grpo, tiny_model_dir, tmp_path
+):
+    out = prepare("grpo", True, tiny_model_dir, tmp_path, "killed")["killed"]
+    # Each interval writes two files (epoch=..-step=...ckpt, then last.ckpt): the 4th is
+    # batch 4's last.ckpt, killed halfway.
+    killed = fit(out / "config.yaml", *probe("KillDuringCheckpointWrite", nth=4))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoints = out / "checkpoints"
+    partial = checkpoints / ".last.ckpt.partial"
+    assert partial.is_file() and partial.stat().st_size > 0  # half a checkpoint on disk
+    last = torch.load(checkpoints / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2 * STEPS_PER_BATCH["grpo"]  # batch 2's, whole
+
+    resumed = fit(out / "config.yaml", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "removed .last.ckpt.partial" in resumed.stderr
+    assert not partial.exists()
+    # Batches 3 and 4 ran twice (before the kill and after the resume), identically.
+    rows = steps(out)
+    assert len(rows) == BATCHES + 2 and rows[2:4] == rows[4:6]
+    (out / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + rows[4:]))
+    assert_same_run(uninterrupted_grpo, out)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_continues(
+    signum, uninterrupted_grpo, tiny_model_dir, tmp_path
+):
+    out = prepare("grpo", True, tiny_model_dir, tmp_path, "stopped")["stopped"]
+    every = STEPS_PER_BATCH["grpo"]
+    # The signal arrives as batch 3 starts: between the interval checkpoints of batches 2
+    # and 4, so the checkpoint at batch 3 is the stop's own.
+    stopped = fit(
+        out / "config.yaml", *probe("SignalAfterStep", step=2 * every, signum=int(signum))
+    )
+    assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
+    name = signal.Signals(signum).name
+    assert f"lit-rl: received {name}: finishing the current step" in stopped.stderr
+    assert f"lit-rl: {name}: stopped after optimizer step {3 * every}" in stopped.stderr
+    assert len(steps(out)) == 3  # the step it arrived in was finished
+    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 * every  # checkpointed at the step it was on
+    assert not (out / "checkpoints" / "policy").exists()  # exported at the real end
+
+    resumed = fit(out / "config.yaml", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(uninterrupted_grpo, out)
