@@ -118,6 +118,9 @@ class PolicyModule(LightningModule):
         overlong_penalty_factor: the penalty at the budget.
         mask_truncated_completions: leave completions that hit ``max_completion_length``
             without an EOS out of the loss (DAPO's overlong filtering).
+        max_nonfinite_steps: an optimizer step whose gradient norm is NaN or infinite is
+            skipped (weights and optimizer state untouched, counted in
+            ``train/nonfinite_steps``); this many in a row stop the run with an error.
     """
 
     def __init__(
@@ -145,9 +148,14 @@ class PolicyModule(LightningModule):
         overlong_buffer_length: int = 0,
         overlong_penalty_factor: float = 1.0,
         mask_truncated_completions: bool = False,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         checks = [
+            (
+                max_nonfinite_steps >= 1,
+                f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}",
+            ),
             (num_generations >= 1, f"num_generations must be >= 1, got {num_generations}"),
             (
                 max_completion_length >= 1,
@@ -213,6 +221,8 @@ class PolicyModule(LightningModule):
         self.evaluation = evaluation or EvaluationPlan()
         self.eval_metrics = EvaluationMetrics(self.evaluation.num_samples)
         self.sampler_correction = sampler_correction
+        self.nonfinite_steps = 0  # optimizer steps skipped for a NaN/inf gradient; in checkpoints
+        self.nonfinite_in_a_row = 0
 
     def use_reference(self) -> None:
         """Give the algorithm a reference policy pi_ref: with LoRA the policy with its adapters
@@ -471,6 +481,7 @@ class PolicyModule(LightningModule):
                 sync_dist=True,
             )
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=len(experience))
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), batch_size=len(experience))
         if on_policy:  # one unshuffled minibatch, cut in order: the rows in experience order
             experience.old_logprobs = torch.cat(trainer_logprobs)
         self.on_experience_used(experience)
@@ -523,9 +534,35 @@ class PolicyModule(LightningModule):
         optimizer = self.optimizers()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         grad_norm = clip_grad_norm_(params, self.hparams.max_grad_norm)
+        # The norm is global (reduced over processes), so every process skips alike.
+        if not torch.isfinite(grad_norm):
+            self.skip_nonfinite_step(grad_norm)
+            return grad_norm
+        self.nonfinite_in_a_row = 0
         optimizer.step()
         self.lr_schedulers().step()
         return grad_norm
+
+    def skip_nonfinite_step(self, grad_norm: torch.Tensor) -> None:
+        """Leave weights, optimizer state and schedule as they are: an optimizer step on a
+        NaN/inf gradient would poison them (and every checkpoint after it)."""
+        self.optimizers().zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        self.nonfinite_in_a_row += 1
+        limit = self.hparams.max_nonfinite_steps
+        rank_zero_warn(
+            f"skipped an optimizer step: the gradient norm is {float(grad_norm)} "
+            f"({self.nonfinite_in_a_row} in a row, {self.nonfinite_steps} in all; the run stops "
+            f"at {limit} in a row)"
+        )
+        if self.nonfinite_in_a_row >= limit:
+            raise FloatingPointError(
+                f"{limit} optimizer steps in a row had a NaN/inf gradient (the last at "
+                f"optimizer step {self.trainer.global_step}); the weights are those of the last "
+                "good step and no checkpoint holds a poisoned one. Lower learning_rate, keep "
+                "max_grad_norm > 0, train in float32 (dtype: float32) if bf16/fp16 overflows, "
+                "or check the reward and the data for extreme values"
+            )
 
     def optimizer_parameter_names(self) -> list[str]:
         """The names of the optimizer's parameters, in its order."""
@@ -536,6 +573,7 @@ class PolicyModule(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["shuffle_generator"] = self.shuffle_generator.get_state()
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
         # By name, so that the checkpoint resumes at another number of processes.
         names = self.optimizer_parameter_names()
         checkpoint["optimizer_states"] = [
@@ -546,6 +584,7 @@ class PolicyModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "shuffle_generator" in checkpoint:
             self.shuffle_generator.set_state(checkpoint["shuffle_generator"])
+        self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)  # none counted before
         # One process (or DDP) loads by position; FSDP2 loads optimizer states itself.
         names = self.optimizer_parameter_names()
         checkpoint["optimizer_states"] = [
