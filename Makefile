@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.lit_rl-installed
 RECIPE ?= grpo_math
 ARGS   ?=
 
-.PHONY: setup test train bench tensorboard lint conformance
+.PHONY: setup test train bench tensorboard lint conformance reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 # Rewrites docs/algorithms/conformance.md (the suite fails while it is stale).
 conformance: $(STAMP)
 	$(PY) -m tests.algorithms.conformance
+
+# Rewrites the table of bad inputs and their messages in docs/reliability.md (the suite fails
+# while it is stale).
+reliability: $(STAMP)
+	$(PY) -m tests.reliability.bad_inputs
 
 tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir runs

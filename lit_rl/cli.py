@@ -1,16 +1,78 @@
-"""``lit-rl``: LightningCLI over lit_rl's modules and data. ``lit-rl fit --config recipes/x.yaml``."""
+"""``lit-rl``: LightningCLI over lit_rl's modules and data. ``lit-rl fit --config recipes/x.yaml``.
+
+A user's mistake gets one short message naming the value and the fix, not a parser dump or a
+traceback: configuration errors are digested from jsonargparse's nested report, and the
+errors lit_rl raises on purpose for bad input (``raise ValueError(...)`` and its kin in
+lit_rl's own code) print their sentence alone. Anything else (a bug) keeps its traceback, as
+does every error when ``LIT_RL_TRACEBACK=1``.
+"""
 
 import os
+import re
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_rl.console import quiet_console
+from lit_rl.errors import INPUT_ERRORS, is_input_error
+from lit_rl.strategies import check_checkpoint_file
+
+EXIT_USAGE = 2  # argparse's status for a command line it refuses
+TRACEBACK_VARIABLE = "LIT_RL_TRACEBACK"
+
+# Lines of jsonargparse's report that describe its own machinery, not the user's value.
+_NOISE = re.compile(
+    r"^(Does not validate against any of the Union subtypes|Subtypes: |Errors:|"
+    r"Given value type: |Given value: |- Expected a <class 'NoneType'>)"
+)
+_KEY = re.compile(r'^(?:- )?Parser key "([^"]+)":$')
+_CLASS = re.compile(r"^- Problem with given class_path '([^']+)':$")
+
+
+def digest(report: str) -> str:
+    """jsonargparse's nested error report as one line: the path of keys to the bad value,
+    then what is wrong with it."""
+    path, details = [], []
+    for line in (raw.strip() for raw in report.splitlines()):
+        if not line or _NOISE.match(line):
+            continue
+        if key := _KEY.match(line):
+            path.append(key.group(1))
+        elif cls := _CLASS.match(line):
+            path.append(f"({cls.group(1)})")
+        else:
+            # "Type <the whole annotation> expects ..." -> "expects ..."
+            details.append(re.sub(r"^Type .+? expects ", "expects ", line.removeprefix("- ")))
+    where = " ".join(path).replace(") ", ") > ")
+    return f"{where}: {'; '.join(details)}" if where else "; ".join(details)
+
+
+class LitRLArgumentParser(LightningArgumentParser):
+    """Prints a digest of a refused command line or configuration instead of the usage
+    and jsonargparse's full report."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get(TRACEBACK_VARIABLE):
+            super().error(message, ex)
+        fail(f"{digest(message)}\n  ('lit-rl fit --help' lists the options)")
 
 
 class LitRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         # The data module tokenizes with the model's tokenizer and chat template.
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+
+    def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's)
+        super().parse_arguments(parser, args)
+        # LightningCLI reads a checkpoint's hyperparameters right after parsing, with a bare
+        # torch error for a file that is not a whole checkpoint: name the file first.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path:
+            check_checkpoint_file(Path(ckpt_path))
 
 
 def run_cli(args: list[str] | None = None) -> LitRLCLI:
@@ -21,17 +83,35 @@ def run_cli(args: list[str] | None = None) -> LitRLCLI:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        parser_class=LitRLArgumentParser,
         args=args,
     )
 
 
-def main() -> None:
-    """The ``lit-rl`` console script (returns nothing, so the exit status is 0 on success)."""
+def fail(message: str) -> NoReturn:
+    print(f"lit-rl: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def input_error_message(error: BaseException) -> str:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return digest(text) if "Union subtypes" in text else text
+
+
+def main(args: list[str] | None = None) -> None:
+    """The ``lit-rl`` console script: exit status 0 on success, 2 for bad input (one line
+    on stderr), 128 + signal for a run stopped by SIGTERM/SIGINT after its checkpoint."""
     # As `python -m` does: a reward or data module in the working folder imports by class_path
     # (a console script's path holds only its own folder).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    run_cli()
+    quiet_console()
+    try:
+        run_cli(args)
+    except INPUT_ERRORS as error:
+        if os.environ.get(TRACEBACK_VARIABLE) or not is_input_error(error):
+            raise
+        fail(f"{input_error_message(error)}\n  ({TRACEBACK_VARIABLE}=1 shows the traceback)")
 
 
 if __name__ == "__main__":

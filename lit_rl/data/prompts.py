@@ -1,5 +1,6 @@
 """PromptDataModule: batches of chat-templated, left-padded prompts with their dataset fields."""
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,19 +19,60 @@ EMBEDDED_MATH = "embedded_math"
 Row = dict[str, Any]
 
 
+FILE_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
 def load_rows(source: str, split: str) -> list[Row]:
-    """Rows of a local ``.jsonl``/``.json``/``.parquet`` file or of a ``datasets`` name."""
+    """Rows of a local ``.jsonl``/``.json``/``.parquet`` file or of a ``datasets`` name (or a
+    local folder ``datasets`` reads)."""
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
-    if suffix in {".jsonl", ".json", ".parquet"}:
+    if suffix in FILE_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(
                 f"data file '{source}' does not exist: pass an existing "
                 ".jsonl/.json/.parquet file, a datasets name, or 'embedded_math'"
             )
+        if suffix == ".jsonl":
+            check_jsonl(path)
         builder = "parquet" if suffix == ".parquet" else "json"
         return list(load_dataset(builder, data_files=str(path), split="train"))
+    if path.is_file():
+        raise ValueError(
+            f"data file '{source}' has no .jsonl/.json/.parquet suffix, so its format is "
+            f"unknown: rename it (e.g. {path.name}.jsonl)"
+        )
+    if source.startswith(("/", "./", "../", "~")) and not path.exists():
+        raise FileNotFoundError(
+            f"'{source}' does not exist: pass an existing .jsonl/.json/.parquet file or "
+            "folder, a datasets name, or 'embedded_math'"
+        )
     return list(load_dataset(source, split=split))
+
+
+def check_jsonl(path: Path) -> None:
+    """Name the first line of ``path`` that is not a JSON object (``datasets`` reports only
+    that generating the dataset failed), or say that the file has no rows."""
+    rows = 0
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"data file '{path}' line {number} is not valid JSON ({error.msg}, column "
+                    f"{error.colno}): fix or remove that line"
+                ) from None
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"data file '{path}' line {number} is a {type(row).__name__}, not a JSON "
+                    'object: each line holds one row, {"question": ..., "answer": ...}'
+                )
+            rows += 1
+    if rows == 0:
+        raise ValueError(f"data file '{path}' has no rows: it is empty")
 
 
 class PromptDataModule(LightningDataModule):
@@ -173,8 +215,13 @@ class PromptDataModule(LightningDataModule):
         train, val = self._raw_rows()
         self.train_rows = self._prepare(train, "train")
         self.val_rows = self._prepare(val, "validation")
-        if not self.train_rows and stage == "fit":
-            raise ValueError(f"train_data '{self.train_data}' has no rows")
+        processes = self.trainer.world_size if self.trainer else 1
+        if stage == "fit" and len(self.train_rows) < self.batch_size * processes:
+            raise ValueError(
+                f"train_data '{self.train_data}' gives {len(self.train_rows)} prompts, fewer "
+                f"than one batch (batch_size={self.batch_size} x {processes} processes), so "
+                "nothing would be trained: use more data or a smaller batch_size"
+            )
 
     def collate(self, rows: list[Row]) -> dict[str, Any]:
         padded = self.tokenizer.pad(

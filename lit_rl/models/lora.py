@@ -7,13 +7,33 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
 from peft.tuners.lora import LoraLayer
+from torch import nn
 from transformers import PreTrainedModel
 
 
 def apply_lora(model: PreTrainedModel, config: LoraConfig) -> PeftModel:
     """Wrap ``model`` with trainable LoRA adapters; the base weights are frozen."""
     config.task_type = config.task_type or "CAUSAL_LM"
+    check_lora_targets(model, config)
     return get_peft_model(model, config)
+
+
+def check_lora_targets(model: nn.Module, config: LoraConfig) -> None:
+    """Refuse a list of target module names of which any matches no module (peft trains the
+    ones that match and says nothing of the others), naming the model's linear layers."""
+    targets = config.target_modules
+    if targets is None or isinstance(targets, str):  # "all-linear" or a regex: peft's own
+        return
+    names = [name for name, _ in model.named_modules()]
+    unmatched = sorted(t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names))
+    if unmatched:
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise ValueError(
+            f"LoRA target_modules {unmatched} match no module of the model; its linear layers "
+            f"are {linear}: target those names, or all-linear"
+        )
 
 
 def lora_config_dict(config: LoraConfig) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from lit_rl.algorithms import (
     micro_batch_weight,
     sampler_correction_weights,
 )
+from lit_rl.errors import is_input_error
 from lit_rl.evaluation import EvaluationMetrics, EvaluationPlan, evaluate_batch
 from lit_rl.experience import (
     EXPERIENCE_KEY,
@@ -43,7 +44,7 @@ from lit_rl.models import (
     lora_config_dict,
     resolve_dtype,
 )
-from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output
+from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output, reward_name
 from lit_rl.rollout import (
     EngineSession,
     Generation,
@@ -368,7 +369,16 @@ class PolicyModule(LightningModule):
     def score(
         self, prompts: list[str], completions: list[str], batch: dict[str, list[Any]], where: str
     ) -> RewardOutput:
-        output = self.reward(prompts, completions, batch)
+        try:
+            output = self.reward(prompts, completions, batch)
+        except Exception as error:
+            if is_input_error(error):  # lit_rl's own reward refusing its input: says it all
+                raise
+            # The reward's own failure: the traceback above this line shows where.
+            raise RuntimeError(
+                f"reward '{reward_name(self.reward)}' raised {type(error).__name__} on {where}: "
+                f"{error}"
+            ) from error
         return check_reward_output(output, self.reward, len(completions), where)
 
     @torch.no_grad()

@@ -63,6 +63,11 @@ def check_reward_output(
             "(wrap plain functions in lit_rl.rewards.FunctionReward)"
         )
     for key, values in {"total": output.total, **output.components}.items():
+        if not isinstance(values, torch.Tensor):
+            raise TypeError(
+                f"reward '{name}' gave '{key}' as {type(values).__name__} for {where}; "
+                f"RewardOutput holds tensors: torch.tensor(values) of shape ({num_completions},)"
+            )
         if values.shape != (num_completions,):
             raise ValueError(
                 f"reward '{name}' gave '{key}' of shape {tuple(values.shape)} for {where}; "

@@ -4,6 +4,7 @@ DDPStrategy``; both on ``torchrun`` or SLURM (docs/scaling.md)."""
 
 from lit_rl.strategies.atomic_checkpoint import (
     AtomicCheckpointIO,
+    check_checkpoint_file,
     remove_stale_staging,
     replace_folder,
     staging_path,
@@ -20,6 +21,7 @@ from lit_rl.strategies.gradients import clip_grad_norm_
 
 __all__ = [
     "AtomicCheckpointIO",
+    "check_checkpoint_file",
     "FSDP2Strategy",
     "clip_grad_norm_",
     "full_state_dict",

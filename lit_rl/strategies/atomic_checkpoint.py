@@ -113,14 +113,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             return super().load_checkpoint(path, map_location, weights_only)
         except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
-            if Path(path).is_file() and not _readable_archive(Path(path)):
-                size = Path(path).stat().st_size
-                raise ValueError(
-                    f"checkpoint '{path}' ({size} bytes) is truncated or not a checkpoint "
-                    f"({type(error).__name__}): resume from another checkpoint of that folder, or "
-                    "start without ckpt_path"
-                ) from error
+            check_checkpoint_file(Path(path), error)
             raise
+
+
+def check_checkpoint_file(path: Path, error: BaseException | None = None) -> None:
+    """Raise a ``ValueError`` naming ``path`` when it is a file but not a complete checkpoint
+    (torch.save's zip archive): truncated, empty, or something else."""
+    if not path.is_file() or _readable_archive(path):
+        return
+    cause = f" ({type(error).__name__})" if error is not None else ""
+    raise ValueError(
+        f"checkpoint '{path}' ({path.stat().st_size} bytes) is truncated or not a "
+        f"checkpoint{cause}: resume from another checkpoint of that folder, or start without "
+        "ckpt_path"
+    ) from error
 
 
 def _readable_archive(path: Path) -> bool:

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_rl.experience import EXPERIENCE_KEY
+from lit_rl.rewards import RewardOutput
 
 
 class StepRecorder(Callback):
@@ -96,3 +97,21 @@ class KillDuringCheckpointWrite(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
         torch.save = half_then_kill
+
+
+class RaisingReward:
+    """A user's reward with a bug: it divides by zero."""
+
+    name = "raising"
+
+    def __call__(self, prompts: list[str], completions: list[str], batch: dict) -> RewardOutput:
+        return RewardOutput(total=torch.tensor([1.0 / 0 for _ in completions]))
+
+
+class ListTotalReward:
+    """A user's reward that returns a list where a tensor belongs."""
+
+    name = "list_total"
+
+    def __call__(self, prompts: list[str], completions: list[str], batch: dict) -> RewardOutput:
+        return RewardOutput(total=[0.0] * len(completions))  # type: ignore[arg-type]
