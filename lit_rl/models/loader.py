@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi, try_to_load_from_cache
+from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -102,6 +104,7 @@ def resolve_model_path(name_or_path: str, dtype: str = "float32") -> str:
     path = Path(name_or_path).expanduser()
     looks_local = path.exists() or name_or_path.startswith(("/", "./", "../", "~"))
     if not looks_local:
+        check_hub_model(name_or_path)
         return name_or_path
     if not path.is_dir():
         raise FileNotFoundError(
@@ -116,6 +119,33 @@ def resolve_model_path(name_or_path: str, dtype: str = "float32") -> str:
             "safetensors), or 'embedded'"
         )
     return str(path)
+
+
+def check_hub_model(repo_id: str) -> None:
+    """Fail at once, naming the fix, for a hub id that is not in the local cache and that the
+    hub does not have or cannot be asked about; transformers would retry every file for a
+    minute first. One metadata request, only for a model that is not cached yet."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return  # transformers reads the cache alone and says what is missing
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    try:
+        HfApi().model_info(repo_id, timeout=10)
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"model '{repo_id}' is not a local directory and the hub has no such model (or it "
+            "is private): check the id (e.g. 'HuggingFaceTB/SmolLM2-135M-Instruct'), log in "
+            "with `hf auth login` for a private one, or pass a local directory"
+        ) from None
+    except HfHubHTTPError:
+        return  # gated, rate-limited, ...: transformers' own message says which
+    except Exception as error:  # noqa: BLE001 (no network: httpx's errors, OSError, ...)
+        raise FileNotFoundError(
+            f"model '{repo_id}' is not a local directory, not in the hub cache, and the hub "
+            f"cannot be reached ({type(error).__name__}: {error}): connect to the network, "
+            "point HF_HOME at a cache that holds it, or pass a local directory ('embedded' "
+            "is the built-in SmolLM2-135M-Instruct)"
+        ) from None
 
 
 def load_model(

@@ -1,5 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
 from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -43,11 +47,34 @@ def test_missing_path_error_says_what_to_pass(tmp_path):
         resolve_model_path(str(tmp_path))
 
 
-def test_hub_ids_pass_through():
+def test_hub_ids_the_hub_has_pass_through(monkeypatch):
+    monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, timeout: object())
     assert (
         resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct")
         == "HuggingFaceTB/SmolLM2-135M-Instruct"
     )
+
+
+def _hub_answers(monkeypatch, error: Exception) -> None:
+    def model_info(self, repo_id, timeout):
+        raise error
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+
+
+def test_a_mistyped_hub_id_fails_at_once_with_the_fix(monkeypatch):
+    response = SimpleNamespace(headers={}, status_code=404, request=None)  # the hub's 404
+    _hub_answers(monkeypatch, RepositoryNotFoundError("404", response=response))
+    with pytest.raises(FileNotFoundError, match="the hub has no such model .* check the id"):
+        resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruc")
+
+
+def test_a_hub_id_without_network_or_cache_fails_at_once_with_the_fix(monkeypatch):
+    _hub_answers(monkeypatch, OSError("Name or service not known"))
+    with pytest.raises(FileNotFoundError, match="cannot be reached .* point HF_HOME"):
+        resolve_model_path("someone/some-model")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline by choice: transformers reads the cache
+    assert resolve_model_path("someone/some-model") == "someone/some-model"
 
 
 def test_tokenizer_without_pad_gets_one(tiny_model_dir, tmp_path):
