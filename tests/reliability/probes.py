@@ -58,16 +58,22 @@ class KillAfterStep(Callback):
 
 class SignalAfterStep(Callback):
     """Sends ``signum`` to its own process at the first batch that starts at optimizer step
-    ``step`` or later, as a scheduler's preemption (SIGTERM) or Ctrl+C (SIGINT) would."""
+    ``step`` or later, as a scheduler's preemption (SIGTERM) or Ctrl+C (SIGINT) would; with
+    ``rank``, only that process is signalled."""
 
-    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
+    def __init__(
+        self, step: int, signum: int = int(signal.SIGTERM), rank: int | None = None
+    ) -> None:
         self.step = step
         self.signum = signum
+        self.rank = rank
         self.sent = False
 
     def on_train_batch_start(
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if trainer.global_step >= self.step and not self.sent:
             self.sent = True
             os.kill(os.getpid(), self.signum)

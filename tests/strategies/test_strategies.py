@@ -9,6 +9,7 @@ moves weights by ~1e-6 after two steps (measured 1.0e-6 at most), hence 1e-5.
 """
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -187,9 +188,10 @@ def test_unsupported_combinations_fail_at_setup_with_the_fix(tiny_model_dir):
         module.setup("fit")
 
 
-def _lit_rl_on_two_cpu_processes(recipe: str, *args: str) -> None:
+def _lit_rl_on_two_cpu_processes(recipe: str, *args: str, status: int = 0) -> str:
     """``lit-rl fit`` of ``recipe`` with two CPU processes (Lightning's launcher starts the
-    second), the tiny settings and ``args``; fails with its stderr."""
+    second), the tiny settings and ``args``; fails with its stderr unless it exits with
+    ``status``, else returns the stderr."""
     from tests.test_cli import TINY
 
     command = [
@@ -198,7 +200,8 @@ def _lit_rl_on_two_cpu_processes(recipe: str, *args: str) -> None:
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == status, result.stderr[-4000:]
+    return result.stderr
 
 
 def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path):
@@ -239,3 +242,32 @@ def test_dynamic_sampling_steps_every_process_together(tiny_model_dir, tmp_path)
     assert checkpoint["global_step"] == 3
     rollout = next(v for k, v in checkpoint["callbacks"].items() if "RolloutCallback" in k)
     assert rollout["num_rollouts"] >= 3 and rollout["dynamic_sampling"]["kept"] == []
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_run_continues(
+    tiny_model_dir, tmp_path
+):
+    # A scheduler signals one process (here the second one): both finish the step, write one
+    # sharded checkpoint at it (staged, then renamed) and exit 143; the same command with
+    # --ckpt_path last continues to max_steps.
+    args = [
+        f"--model.init_args.model={tiny_model_dir}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.logger.init_args.version=0",
+        "--trainer.max_steps=4",
+        "--trainer.val_check_interval=100",
+    ]
+    stopped = _lit_rl_on_two_cpu_processes(
+        "grpo_math_fsdp",
+        *args,
+        "--trainer.callbacks+=tests.reliability.probes.SignalAfterStep",
+        "--trainer.callbacks.step=1",
+        "--trainer.callbacks.rank=1",
+        status=128 + signal.SIGTERM,
+    )
+    assert "lit-rl: SIGTERM: stopped after optimizer step 2" in stopped
+    checkpoints = tmp_path / "grpo_math_fsdp" / "version_0" / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.ckpt"]  # no staging left
+    _lit_rl_on_two_cpu_processes("grpo_math_fsdp", *args, "--ckpt_path=last")
+    assert torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)["global_step"] == 4
