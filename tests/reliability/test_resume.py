@@ -196,7 +196,11 @@ def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_continues(
     assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
     name = signal.Signals(signum).name
     assert f"lit-rl: received {name}: finishing the current step" in stopped.stderr
-    assert f"lit-rl: {name}: stopped after optimizer step {3 * every}" in stopped.stderr
+    last_path = out / "checkpoints" / "last.ckpt"
+    assert (
+        f"lit-rl: {name}: stopped after optimizer step {3 * every}; continue with the same "
+        f"command and --ckpt_path {last_path}" in stopped.stderr
+    )
     assert len(steps(out)) == 3  # the step it arrived in was finished
     last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 3 * every  # checkpointed at the step it was on
