@@ -12,10 +12,11 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from lit_rl.atomic import remove_stale_staging
 from lit_rl.callbacks.preemption import Preempted, StopSignals
 from lit_rl.models import save_policy
 from lit_rl.modules import PolicyModule
-from lit_rl.strategies import AtomicCheckpointIO, full_state_dict, is_sharded, remove_stale_staging
+from lit_rl.strategies import AtomicCheckpointIO, full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
 

@@ -93,6 +93,12 @@ class RolloutCallback(Callback):
             drawn = int(torch.randint(0, 2**62, (1,)))
             self.base_seed = int(trainer.strategy.broadcast(drawn, src=0))
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # An evaluation during fit samples (pass@k) from seeds of its own step: a resumed run
+        # evaluates as the uninterrupted one did, and evaluations of one step compare.
+        if self.base_seed is not None and not trainer.sanity_checking:
+            seed_rollout(self.base_seed, trainer.global_step, trainer.global_rank, EVALUATION)
+
     @staticmethod
     def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:
         """Prompt + completion must fit the model's context window."""
@@ -219,16 +225,21 @@ class RolloutCallback(Callback):
             self.dynamic_sampling.load_state_dict(state_dict["dynamic_sampling"])
 
 
-def seed_rollout(base_seed: int, rollout: int, rank: int) -> None:
+TRAINING, EVALUATION = 0, 1  # the two streams of seeds: rollouts, and evaluations
+
+
+def seed_rollout(base_seed: int, index: int, rank: int, stream: int = TRAINING) -> None:
     """Seed every RNG a rollout may draw from (torch on the CPU and every CUDA device, numpy,
-    Python) from the run's base seed, the rollout's index and the process's rank.
+    Python) from the run's base seed, the stream (training rollouts or evaluations), the
+    rollout's index (an evaluation's: the optimizer step) and the process's rank.
 
     Why per rollout and not one RNG state carried along: a rollout's randomness is then a
     function of what the checkpoint holds (the base seed and the rollout count), however
     many random numbers anything else drew before it (evaluation, a reward, a resumed run's
     start-up); each process samples its own prompts with its own stream.
     """
-    seed = int(np.random.SeedSequence([base_seed, rollout, rank]).generate_state(1, np.uint64)[0])
+    entropy = [base_seed, stream, index, rank]
+    seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
     torch.manual_seed(seed)  # the CPU generator and every CUDA device's
     np.random.seed(seed % 2**32)
     random.seed(seed)

@@ -1,9 +1,7 @@
 """Save the policy as a directory plain transformers loads: merged weights and tokenizer."""
 
 import copy
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -11,6 +9,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from lit_rl.atomic import fsync_tree, replace_folder, staging_path
 from lit_rl.models.lora import merged_state_dict
 
 
@@ -31,8 +30,8 @@ def save_policy(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary directory
+    staging = staging_path(directory)
+    shutil.rmtree(staging, ignore_errors=True)  # a killed export's
     try:
         if isinstance(policy, PeftModel):
             base = policy.get_base_model()
@@ -49,14 +48,8 @@ def save_policy(
         else:
             policy.save_pretrained(staging, state_dict=state)
         tokenizer.save_pretrained(staging)
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(directory, old)
-            os.rename(staging, directory)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, directory)
+        fsync_tree(staging)
+        replace_folder(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return directory

@@ -2,13 +2,7 @@
 ``ModelParallelStrategy`` with lit_rl's parallel plan) or ``lightning.pytorch.strategies.
 DDPStrategy``; both on ``torchrun`` or SLURM (docs/scaling.md)."""
 
-from lit_rl.strategies.atomic_checkpoint import (
-    AtomicCheckpointIO,
-    check_checkpoint_file,
-    remove_stale_staging,
-    replace_folder,
-    staging_path,
-)
+from lit_rl.strategies.atomic_checkpoint import AtomicCheckpointIO, check_checkpoint_file
 from lit_rl.strategies.checkpoint import optimizer_state_by_name, optimizer_state_by_position
 from lit_rl.strategies.fsdp2 import (
     FSDP2Strategy,
@@ -29,8 +23,5 @@ __all__ = [
     "is_sharded",
     "optimizer_state_by_name",
     "optimizer_state_by_position",
-    "remove_stale_staging",
-    "replace_folder",
     "shard_policy_models",
-    "staging_path",
 ]

@@ -1,18 +1,10 @@
-"""Checkpoints written atomically next to their destination: a kill at any moment of a write
-leaves the previous checkpoint as it was.
+"""Checkpoints written atomically next to their destination (``lit_rl.atomic``): a kill at any
+moment of a write leaves the previous checkpoint as it was. (Lightning's own writer stages in
+the system's temp folder and moves the file, which is a copy when the two are on different
+filesystems, and never syncs.)"""
 
-A checkpoint is written to a staging name in its own folder (``.<name>.partial``), flushed to
-disk (``fsync``), then renamed over the destination; a rename within one filesystem is
-atomic, so the destination is always either the old complete checkpoint or the new complete
-one. (Lightning's own writer stages in the system's temp folder and moves the file, which is a
-copy when the two are on different filesystems, and never syncs.) Staging left by a killed
-write is removed by ``remove_stale_staging`` when the next run starts.
-"""
-
-import logging
 import os
 import pickle
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,65 +13,7 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-log = logging.getLogger(__name__)
-
-PARTIAL = ".partial"  # suffix of a checkpoint being written
-OLD = ".old"  # suffix of a checkpoint folder being replaced
-
-
-def staging_path(destination: Path) -> Path:
-    """Where ``destination`` is written before it is renamed into place."""
-    return destination.with_name(f".{destination.name}{PARTIAL}")
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make a rename inside ``directory`` durable (the directory entry itself is synced)."""
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def replace_folder(staging: Path, destination: Path) -> None:
-    """Move the complete folder ``staging`` to ``destination``, replacing an existing one.
-
-    A folder cannot be renamed over a non-empty one, so the old folder moves aside first
-    (``.<name>.old``); between the two renames only that copy exists, and
-    ``remove_stale_staging`` moves it back if a kill fell exactly there.
-    """
-    old = destination.with_name(f".{destination.name}{OLD}")
-    shutil.rmtree(old, ignore_errors=True)
-    if destination.exists():
-        os.rename(destination, old)
-    os.rename(staging, destination)
-    fsync_directory(destination.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def remove_stale_staging(directory: Path) -> list[str]:
-    """Remove what killed writes left in ``directory``: partial checkpoints and the policy
-    export's staging folders; put back a folder that a kill caught between the two renames
-    of ``replace_folder``. Returns the names it removed or restored."""
-    if not directory.is_dir():
-        return []
-    changed = []
-    for path in sorted(directory.iterdir()):
-        name = path.name
-        if name.startswith(".") and name.endswith(OLD):
-            original = directory / name[1 : -len(OLD)]
-            if not original.exists():
-                os.rename(path, original)
-                changed.append(f"{name} (restored as {original.name})")
-                continue
-        elif not (name.startswith(".") and (PARTIAL in name or name.startswith(".policy-"))):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        changed.append(name)
-    return changed
+from lit_rl.atomic import fsync_directory, staging_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

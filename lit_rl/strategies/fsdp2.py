@@ -24,8 +24,8 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from lit_rl.atomic import replace_folder, staging_path
 from lit_rl.models import DType, PolicyModels, fast_bf16
-from lit_rl.strategies.atomic_checkpoint import replace_folder, staging_path
 
 MixedPrecision = Literal["auto", "bf16", "none"]
 

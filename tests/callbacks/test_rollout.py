@@ -1,5 +1,6 @@
 import math
 import random
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from peft import LoraConfig
 
 from lit_rl.callbacks import RolloutCallback
-from lit_rl.callbacks.rollout import seed_rollout
+from lit_rl.callbacks.rollout import EVALUATION, seed_rollout
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FunctionReward
@@ -74,9 +75,20 @@ def test_a_rollouts_randomness_is_a_function_of_base_seed_rollout_and_rank():
     again = _draws()
     assert torch.equal(again[0], expected[0])  # torch, numpy and Python alike
     assert again[1:] == expected[1:]
-    for other in [(11, 5, 0), (11, 4, 1), (12, 4, 0)]:
+    for other in [(11, 5, 0), (11, 4, 1), (12, 4, 0), (11, 4, 0, EVALUATION)]:
         seed_rollout(*other)
         assert not torch.equal(_draws()[0], expected[0]), other
+
+
+def test_evaluations_during_fit_sample_from_their_steps_seeds():
+    callback = RolloutCallback()
+    callback.base_seed = 11
+    trainer = SimpleNamespace(global_step=6, global_rank=0, sanity_checking=False)
+    callback.on_validation_start(trainer, None)
+    expected = torch.rand(3)
+    torch.manual_seed(99)  # a resumed run reaches step 6 with another RNG state
+    callback.on_validation_start(trainer, None)
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_callback_refuses_a_module_without_the_rollout_protocol():

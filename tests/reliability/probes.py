@@ -18,8 +18,9 @@ from lit_rl.rewards import RewardOutput
 
 class StepRecorder(Callback):
     """Appends each optimizer step's logged ``train/*`` and ``rollout/*`` scalars (timings
-    left out) to ``path`` as a JSON line, and writes the module's state dict to
-    ``<path>.weights.pt`` when training ends. A resumed run appends to the same file."""
+    left out), and each evaluation's ``val/*``, to ``path`` as JSON lines, and writes the
+    module's state dict to ``<path>.weights.pt`` when training ends. A resumed run appends to
+    the same file."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -35,6 +36,14 @@ class StepRecorder(Callback):
                 row[name] = float(value)
         with self.path.open("a") as file:
             file.write(json.dumps(row) + "\n")  # repr of each float: read back bit for bit
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        row: dict[str, float] = {"validation_at": trainer.global_step}
+        for name, value in sorted(trainer.callback_metrics.items()):
+            if name.startswith("val/"):
+                row[name] = float(value)
+        with self.path.open("a") as file:
+            file.write(json.dumps(row) + "\n")
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         state = {name: tensor.detach().clone() for name, tensor in pl_module.state_dict().items()}

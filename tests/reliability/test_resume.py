@@ -34,6 +34,7 @@ def config(algorithm: str, lora: bool, model_dir: Path, out: Path, steps_per_bat
         "max_completion_length": 8,
         "learning_rate": 1e-2,
         "num_mini_batches": 2,  # the shuffle generator's state matters
+        "evaluation": {"num_samples": 2},  # pass@2 samples: seeded per evaluation
     }
     if algorithm == "ppo":
         model |= {"ppo_epochs": 2, "kl_coef": 0.05, "value_learning_rate": 1e-2}
@@ -49,7 +50,9 @@ def config(algorithm: str, lora: bool, model_dir: Path, out: Path, steps_per_bat
             "logger": False,
             "enable_progress_bar": False,
             "enable_model_summary": False,
-            "limit_val_batches": 0,
+            "val_check_interval": 3,  # evaluations after batches 3 and 6
+            "check_val_every_n_epoch": None,
+            "num_sanity_val_steps": 0,
             "callbacks": [
                 {"class_path": "lit_rl.callbacks.RolloutCallback"},
                 {
@@ -76,7 +79,7 @@ def config(algorithm: str, lora: bool, model_dir: Path, out: Path, steps_per_bat
         },
         "data": {
             "class_path": "lit_rl.data.PromptDataModule",
-            "init_args": {"batch_size": 2, "num_train": 6, "num_val": 0, "seed": 3},
+            "init_args": {"batch_size": 2, "num_train": 6, "num_val": 2, "seed": 3},
         },
     }
 
@@ -86,8 +89,13 @@ def fit(config_file: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def steps(out: Path) -> list[dict]:
+def records(out: Path) -> list[dict]:
+    """Every training step's and evaluation's logged scalars, in order."""
     return [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+
+
+def steps(out: Path) -> list[dict]:
+    return [row for row in records(out) if "step" in row]
 
 
 def prepare(algorithm: str, lora: bool, model_dir: Path, root: Path, *names: str) -> dict:
@@ -103,14 +111,18 @@ def prepare(algorithm: str, lora: bool, model_dir: Path, root: Path, *names: str
 
 
 def assert_same_run(expected: Path, got: Path) -> None:
-    """The same logged scalars at every step and the same final weights, bit for bit."""
-    want_steps, have_steps = steps(expected), steps(got)
-    assert [row["epoch"] for row in want_steps] == [0, 0, 0, 1, 1, 1, 2, 2]
-    assert len(have_steps) == BATCHES
+    """The same logged scalars at every step and evaluation, and the same final weights, bit
+    for bit."""
+    want_steps, have_steps = records(expected), records(got)
+    assert [row["epoch"] for row in steps(expected)] == [0, 0, 0, 1, 1, 1, 2, 2]
+    every = want_steps[0]["step"]  # optimizer steps per batch
+    validations = [row["validation_at"] for row in want_steps if "validation_at" in row]
+    assert validations == [3 * every, 6 * every]
+    assert len(have_steps) == len(want_steps)
     for want, have in zip(want_steps, have_steps, strict=True):
         differ = {k: (want[k], have.get(k)) for k in want if want[k] != have.get(k)}
-        assert not differ, (want["step"], differ)
-    assert any(row["train/loss"] != 0 for row in want_steps)  # the runs did learn something
+        assert not differ, (want.get("step", want.get("validation_at")), differ)
+    assert any(row["train/loss"] != 0 for row in steps(expected))  # the runs did learn something
     want = torch.load(expected / "steps.weights.pt", weights_only=True)
     have = torch.load(got / "steps.weights.pt", weights_only=True)
     assert want.keys() == have.keys()
@@ -175,10 +187,11 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "removed .last.ckpt.partial" in resumed.stderr
     assert not partial.exists()
-    # Batches 3 and 4 ran twice (before the kill and after the resume), identically.
-    rows = steps(out)
-    assert len(rows) == BATCHES + 2 and rows[2:4] == rows[4:6]
-    (out / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2] + rows[4:]))
+    # Batch 3, its evaluation and batch 4 ran twice (before the kill and after the resume),
+    # identically.
+    rows = records(out)
+    assert len(rows) == BATCHES + 2 + 3 and rows[2:5] == rows[5:8]
+    (out / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:5] + rows[8:]))
     assert_same_run(uninterrupted_grpo, out)
 
 
@@ -188,22 +201,23 @@ def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_continues(
 ):
     out = prepare("grpo", True, tiny_model_dir, tmp_path, "stopped")["stopped"]
     every = STEPS_PER_BATCH["grpo"]
-    # The signal arrives as batch 3 starts: between the interval checkpoints of batches 2
-    # and 4, so the checkpoint at batch 3 is the stop's own.
+    # The signal arrives as batch 5 starts: between the interval checkpoints of batches 4
+    # and 6 and before the evaluation after batch 6, so the checkpoint at batch 5 is the
+    # stop's own.
     stopped = fit(
-        out / "config.yaml", *probe("SignalAfterStep", step=2 * every, signum=int(signum))
+        out / "config.yaml", *probe("SignalAfterStep", step=4 * every, signum=int(signum))
     )
     assert stopped.returncode == 128 + signum, stopped.stderr[-3000:]
     name = signal.Signals(signum).name
     assert f"lit-rl: received {name}: finishing the current step" in stopped.stderr
     last_path = out / "checkpoints" / "last.ckpt"
     assert (
-        f"lit-rl: {name}: stopped after optimizer step {3 * every}; continue with the same "
+        f"lit-rl: {name}: stopped after optimizer step {5 * every}; continue with the same "
         f"command and --ckpt_path {last_path}" in stopped.stderr
     )
-    assert len(steps(out)) == 3  # the step it arrived in was finished
-    last = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
-    assert last["global_step"] == 3 * every  # checkpointed at the step it was on
+    assert len(steps(out)) == 5  # the step it arrived in was finished
+    last = torch.load(last_path, weights_only=False)
+    assert last["global_step"] == 5 * every  # checkpointed at the step it was on
     assert not (out / "checkpoints" / "policy").exists()  # exported at the real end
 
     resumed = fit(out / "config.yaml", "--ckpt_path=last")

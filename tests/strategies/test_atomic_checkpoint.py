@@ -4,12 +4,8 @@ folder, what a killed write leaves is cleaned up, and an unreadable checkpoint i
 import pytest
 import torch
 
-from lit_rl.strategies import (
-    AtomicCheckpointIO,
-    remove_stale_staging,
-    replace_folder,
-    staging_path,
-)
+from lit_rl.atomic import remove_stale_staging, replace_folder, staging_path
+from lit_rl.strategies import AtomicCheckpointIO
 
 
 def test_a_save_replaces_the_destination_and_leaves_no_staging(tmp_path):
@@ -42,7 +38,8 @@ def test_an_unreadable_checkpoint_is_named_with_the_fix(tmp_path, content):
 
 def test_stale_staging_is_removed_and_an_interrupted_folder_swap_is_undone(tmp_path):
     (tmp_path / ".last.ckpt.partial").write_bytes(b"half")
-    (tmp_path / ".policy-abc123").mkdir()
+    (tmp_path / ".policy.partial").mkdir()  # a killed export
+    (tmp_path / ".policy-abc123").mkdir()  # an earlier lit_rl's killed export
     (tmp_path / ".step=4.ckpt.partial").mkdir()  # a sharded checkpoint's staging folder
     (tmp_path / ".step=2.ckpt.old").mkdir()  # a kill between replace_folder's two renames
     (tmp_path / "step=6.ckpt").mkdir()
@@ -50,7 +47,7 @@ def test_stale_staging_is_removed_and_an_interrupted_folder_swap_is_undone(tmp_p
     (tmp_path / "last.ckpt").write_bytes(b"kept")
     changed = remove_stale_staging(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step=2.ckpt", "step=6.ckpt"]
-    assert len(changed) == 5 and ".step=2.ckpt.old (restored as step=2.ckpt)" in changed
+    assert len(changed) == 6 and ".step=2.ckpt.old (restored as step=2.ckpt)" in changed
 
 
 def test_replace_folder_swaps_in_the_new_folder(tmp_path):
