@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from peft import LoraConfig
@@ -44,7 +44,13 @@ from lit_rl.models import (
     lora_config_dict,
     resolve_dtype,
 )
-from lit_rl.rewards import RewardFn, RewardOutput, check_reward_output, reward_name
+from lit_rl.rewards import (
+    RewardFn,
+    RewardOutput,
+    check_reward_output,
+    reward_fields,
+    reward_name,
+)
 from lit_rl.rollout import (
     EngineSession,
     Generation,
@@ -331,10 +337,29 @@ class PolicyModule(LightningModule):
                 "update (manual optimization, its own clipping) does not unscale: use "
                 "precision 32-true with dtype auto/bfloat16, or FSDP2Strategy's mixed_precision"
             )
+        if stage == "fit" and self.trainer.datamodule is not None:
+            self.check_reward_fields(self.trainer.datamodule)
         if self.engine is None:
             self.engine = default_engine(self.trainer.strategy.root_device)
         if self.engine_session is None:
             self.engine_session = EngineSession(self.engine, self.sampling)
+
+    def check_reward_fields(self, datamodule: LightningDataModule) -> None:
+        """The dataset fields the reward reads (``lit_rl.rewards.ReadsFields``) must be in the
+        training batches: checked on the first one before any model loads (setup runs before
+        configure_model), not at the first rollout."""
+        fields = reward_fields(self.reward)
+        if not fields:
+            return
+        batch = next(iter(datamodule.train_dataloader()))
+        missing = [field for field in fields if field not in batch]
+        if missing:
+            columns = sorted(key for key, value in batch.items() if isinstance(value, list))
+            raise KeyError(
+                f"reward '{reward_name(self.reward)}' reads the dataset field(s) {missing}, but "
+                f"the training batches have {columns}: name the right column in the "
+                "reward's settings (e.g. MathCorrectness answer_field), or add it to the data"
+            )
 
     def teardown(self, stage: str) -> None:
         if self.engine_session is not None:

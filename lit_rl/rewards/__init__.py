@@ -4,11 +4,13 @@ process rewards (rule-based arithmetic steps, a learned process reward model).""
 from lit_rl.rewards.base import (
     Batch,
     FunctionReward,
+    ReadsFields,
     Reward,
     RewardFn,
     RewardOutput,
     Step,
     check_reward_output,
+    reward_fields,
     reward_name,
     steps_output,
 )
@@ -25,6 +27,7 @@ __all__ = [
     "FunctionReward",
     "MathCorrectness",
     "ProcessRewardModel",
+    "ReadsFields",
     "Reward",
     "RewardFn",
     "RewardOutput",
@@ -32,6 +35,7 @@ __all__ = [
     "WeightedSum",
     "check_reward_output",
     "extract_answer",
+    "reward_fields",
     "reward_name",
     "steps_output",
 ]

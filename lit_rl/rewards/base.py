@@ -37,6 +37,20 @@ class Reward(Protocol):
     ) -> RewardOutput: ...
 
 
+@runtime_checkable
+class ReadsFields(Protocol):
+    """A reward that reads dataset fields by name (e.g. the reference answer): training checks
+    them against the first batch before any model loads, instead of failing at the first
+    rollout."""
+
+    def fields(self) -> list[str]: ...
+
+
+def reward_fields(reward: object) -> list[str]:
+    """The dataset fields ``reward`` reads; ``[]`` for a reward that does not say."""
+    return reward.fields() if isinstance(reward, ReadsFields) else []
+
+
 # What configuration accepts as a reward: any callable of the Reward shape. jsonargparse checks
 # a Protocol by exact annotations, which would refuse a user's reward written without type
 # hints; a Callable type accepts any class_path whose instances are callable.

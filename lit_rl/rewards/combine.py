@@ -2,7 +2,7 @@
 
 import torch
 
-from lit_rl.rewards.base import Batch, RewardFn, RewardOutput, check_reward_output
+from lit_rl.rewards.base import Batch, RewardFn, RewardOutput, check_reward_output, reward_fields
 
 
 class WeightedSum:
@@ -23,6 +23,9 @@ class WeightedSum:
         self.rewards = rewards
         self.weights = weights
         self.name = name
+
+    def fields(self) -> list[str]:
+        return sorted({field for reward in self.rewards for field in reward_fields(reward)})
 
     def __call__(self, prompts: list[str], completions: list[str], batch: Batch) -> RewardOutput:
         total = torch.zeros(len(completions))

@@ -39,6 +39,9 @@ class MathCorrectness:
         self.answer_field = answer_field
         self.name = name
 
+    def fields(self) -> list[str]:
+        return [self.answer_field]
+
     def score(self, completion: str, answer: object) -> float:
         predicted = extract_answer(completion)
         if predicted is None:

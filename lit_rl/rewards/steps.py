@@ -86,6 +86,9 @@ class ArithmeticSteps:
             steps.append((self.step_reward if correct else 0.0, match.end()))
         return steps
 
+    def fields(self) -> list[str]:
+        return self.correctness.fields()
+
     def __call__(self, prompts: list[str], completions: list[str], batch: Batch) -> RewardOutput:
         answers = self.correctness(prompts, completions, batch).total  # [N] 1/0
         questions = batch.get(self.question_field, prompts)

@@ -120,13 +120,12 @@ CASES = [
     BadInput(
         "an answer field the data lacks",
         ["--data.init_args.train_data=solutions.jsonl"],
-        "reads the reference answer from field 'answer'",
+        "reads the dataset field(s) ['answer']",
         {
             "solutions.jsonl": jsonl(
                 [{"question": r["question"], "solution": r["answer"]} for r in ROWS]
             )
         },
-        steps=1,
     ),
     BadInput(
         "a prompt longer than max_prompt_length",

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lit_rl.rewards import (
+    ArithmeticSteps,
     FormatReward,
     FunctionReward,
     MathCorrectness,
@@ -11,6 +12,7 @@ from lit_rl.rewards import (
     WeightedSum,
     check_reward_output,
     extract_answer,
+    reward_fields,
 )
 
 
@@ -119,3 +121,12 @@ def test_bad_step_rewards_are_named(steps, message):
         check_reward_output(
             output, FunctionReward(lambda p, c, b: [0.0], name="steps"), 2, "batch 0"
         )
+
+
+def test_rewards_declare_the_dataset_fields_they_read():
+    correctness = MathCorrectness(answer_field="solution")
+    assert reward_fields(correctness) == ["solution"]
+    assert reward_fields(ArithmeticSteps(answer_field="target")) == ["target"]
+    combined = WeightedSum([correctness, FormatReward(), MathCorrectness(name="again")])
+    assert reward_fields(combined) == ["answer", "solution"]  # FormatReward reads none
+    assert reward_fields(FunctionReward(lambda p, c, b: [0.0] * len(c))) == []
