@@ -113,13 +113,14 @@ class PolicyCheckpoint(ModelCheckpoint):
 
     def _write_last(self, trainer: Trainer) -> Path | None:
         """``last.ckpt`` at this step (``None`` before the first step): written here unless
-        the interval save has just written it."""
+        the interval save wrote it at this step. Decided from the step alone, never from the
+        filesystem, so every process agrees (writing is a collective under FSDP2)."""
         if trainer.global_step == 0:
             return None
         last = Path(self.dirpath) / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         step = trainer.global_step
         on_interval = bool(self.every_n_train_steps) and step % self.every_n_train_steps == 0
-        if not (on_interval and self.save_last and last.exists()):
+        if not (on_interval and self.save_last):
             trainer.save_checkpoint(last)
         return last
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
+from lit_rl.state import require_keys
+
 
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (each epoch's order a function of ``seed + epoch``, each process
@@ -39,15 +41,21 @@ class ResumableSampler(DistributedSampler):
         self.start = 0  # the epoch is complete; the next one starts at its beginning
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "yielded": self.yielded, "seed": self.seed}
+        # Counted over all processes: process r reads order[r::num_replicas], so the prompts
+        # used so far are the order's first `consumed`, whatever the number of processes.
+        consumed = self.yielded * self.num_replicas
+        return {"epoch": self.epoch, "consumed": consumed, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        require_keys(state, ["epoch", "consumed", "seed"], "ResumableSampler")
         if state["seed"] != self.seed:
             raise ValueError(
                 f"the checkpoint's data order was shuffled with seed {state['seed']}, this run's "
                 f"with {self.seed}: resume with the data seed that wrote it"
             )
-        self.epoch, self.start, self.yielded = state["epoch"], state["yielded"], state["yielded"]
+        self.epoch = state["epoch"]
+        # At another number of processes, a remainder of consumed prompts is read again.
+        self.start = self.yielded = state["consumed"] // self.num_replicas
 
 
 class ResumableDataLoader(DataLoader):

@@ -37,7 +37,7 @@ def test_a_restored_sampler_continues_mid_epoch_and_into_the_next(used):
     drawn = iter(sampler)
     seen = [next(drawn) for _ in range(used)]
     state = sampler.state_dict()
-    assert state == {"epoch": 1, "yielded": used, "seed": 5}
+    assert state == {"epoch": 1, "consumed": used, "seed": 5}
 
     restored = ResumableSampler(6, seed=5)
     restored.load_state_dict(state)
@@ -57,6 +57,18 @@ def test_the_loader_counts_batches_as_they_are_used():
     batches = iter(loader)
     next(batches)
     next(batches)
-    assert loader.state_dict()["yielded"] == 4  # no index fetched ahead
+    assert loader.state_dict()["consumed"] == 4  # no index fetched ahead
     with pytest.raises(ValueError, match="num_workers=0"):
         ResumableDataLoader([1, 2], ResumableSampler(2, seed=0), num_workers=2)
+
+
+def test_a_position_saved_by_two_processes_resumes_in_one():
+    two = [ResumableSampler(8, seed=0, rank=r, num_replicas=2) for r in (0, 1)]
+    draws = [iter(sampler) for sampler in two]
+    used = [next(d) for _ in range(2) for d in draws]  # two batches of one prompt per process
+    state = two[0].state_dict()
+    assert state["consumed"] == 4
+    one = ResumableSampler(8, seed=0)
+    one.load_state_dict(state)
+    rest = list(one)
+    assert sorted(used + rest) == list(range(8))  # every prompt once: none replayed or lost
