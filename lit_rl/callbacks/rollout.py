@@ -61,6 +61,7 @@ class RolloutCallback(Callback):
         self.base_seed: int | None = None  # of every rollout's RNG seed; in checkpoints
         self.low_precision = False  # the policy computes in bf16/fp16; set at fit start
         self.filling_seconds: dict[str, float] = defaultdict(float)  # phases of all draws
+        self.step_started: float | None = None  # perf_counter at the step's first draw
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         missing = missing_experience_members(pl_module)
@@ -121,6 +122,8 @@ class RolloutCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: dict[str, Any], batch_idx: int
     ) -> None:
         start = time.perf_counter()
+        if self.step_started is None:  # the step's first draw (dynamic sampling may take more)
+            self.step_started = start
         spec = pl_module.experience_spec()
         seed_rollout(self.base_seed, self.num_rollouts, trainer.global_rank)
         experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
@@ -182,6 +185,11 @@ class RolloutCallback(Callback):
         # By now pi_old is known either way: from the rollout, or (on-policy) from the update's
         # first forward pass, filled in by training_step.
         experience: Experience | None = batch[EXPERIENCE_KEY]
+        if experience is not None and self.step_started is not None:
+            # Rollouts and update of this optimizer step, on the progress bar.
+            seconds = time.perf_counter() - self.step_started
+            pl_module.log("time/step", seconds, batch_size=len(experience), prog_bar=True)
+            self.step_started = None
         if (
             experience is None
             or experience.old_logprobs is None
