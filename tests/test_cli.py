@@ -76,7 +76,7 @@ def test_local_directory_recipe_trains_logs_and_exports(tiny_model_dir, tmp_path
         "rollout/completion_len",
         "rollout/logprob_mismatch_k3",
         "rollout/weights_fingerprint",
-        "time/step",
+        "train/step_time",
         "val/reward",
         "val/greedy_accuracy",
         "val/pass@1",

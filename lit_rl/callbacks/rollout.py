@@ -188,7 +188,7 @@ class RolloutCallback(Callback):
         if experience is not None and self.step_started is not None:
             # Rollouts and update of this optimizer step, on the progress bar.
             seconds = time.perf_counter() - self.step_started
-            pl_module.log("time/step", seconds, batch_size=len(experience), prog_bar=True)
+            pl_module.log("train/step_time", seconds, batch_size=len(experience), prog_bar=True)
             self.step_started = None
         if (
             experience is None
