@@ -62,6 +62,7 @@ class RolloutCallback(Callback):
         self.low_precision = False  # the policy computes in bf16/fp16; set at fit start
         self.filling_seconds: dict[str, float] = defaultdict(float)  # phases of all draws
         self.step_started: float | None = None  # perf_counter at the step's first draw
+        self.paused_log_every: int | None = None  # log_every_n_steps while a batch is not logged
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         missing = missing_experience_members(pl_module)
@@ -122,6 +123,7 @@ class RolloutCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: dict[str, Any], batch_idx: int
     ) -> None:
         start = time.perf_counter()
+        self._resume_logging(trainer)
         if self.step_started is None:  # the step's first draw (dynamic sampling may take more)
             self.step_started = start
         spec = pl_module.experience_spec()
@@ -136,6 +138,7 @@ class RolloutCallback(Callback):
             experience, metrics = self._fill(trainer, experience, spec)
             if experience is None:
                 batch[EXPERIENCE_KEY] = None  # no optimizer step until the batch is full
+                self._pause_logging(trainer)
                 return
         batch[EXPERIENCE_KEY] = experience
         metrics |= rollout_metrics(experience, spec, dict(self.filling_seconds))
@@ -149,6 +152,23 @@ class RolloutCallback(Callback):
                 prog_bar=name == "rollout/reward",
                 sync_dist=True,
             )
+
+    def _pause_logging(self, trainer: Trainer) -> None:
+        """Log nothing for a batch without an optimizer step: Lightning would log the last
+        step's values again (its result collection keeps them until the epoch ends), so the
+        metrics would show repeats. ``log_every_n_steps = 0`` is Lightning's own switch for
+        "no step logging"; the next batch restores the user's value."""
+        if self.paused_log_every is None:
+            self.paused_log_every = trainer.log_every_n_steps
+            trainer.log_every_n_steps = 0
+
+    def _resume_logging(self, trainer: Trainer) -> None:
+        if self.paused_log_every is not None:
+            trainer.log_every_n_steps = self.paused_log_every
+            self.paused_log_every = None
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._resume_logging(trainer)
 
     def _fill(
         self, trainer: Trainer, experience: Experience, spec: ExperienceSpec

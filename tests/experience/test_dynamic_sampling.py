@@ -5,13 +5,21 @@ signal, and a run stopped with a half-full buffer resumes with it."""
 import pytest
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger
 
 from lit_rl.callbacks import RolloutCallback
+from lit_rl.data import PromptDataModule
 from lit_rl.experience import DynamicSampling, Experience, concatenate
 from lit_rl.models.policy_models import completion_logprobs
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import RewardOutput
-from tests.conftest import build_tiny_model, build_tokenizer, fit_rollouts, tiny_module_args
+from tests.conftest import (
+    build_tiny_model,
+    build_tokenizer,
+    fit_rollouts,
+    rollout_trainer,
+    tiny_module_args,
+)
 
 PAD = 0
 
@@ -184,6 +192,48 @@ def test_every_step_trains_on_a_full_batch_of_groups_with_signal(tiny_model_dir)
     metrics = trainer.callback_metrics
     assert metrics["rollout/zero_std_fraction"] == 0 and metrics["rollout/groups_filled"] == 0
     assert metrics["rollout/prompts_drawn"] >= 2
+
+
+class Recorded(Logger):
+    """Every ``log_metrics`` call a trainer makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorded"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+def test_batches_without_a_step_log_nothing(tiny_model_dir):
+    # Lightning logs every batch's on-step values; a batch without an optimizer step would
+    # repeat the last step's (its result collection keeps them until the epoch ends).
+    torch.manual_seed(0)
+    steps, logger = Steps(), Recorded()
+    module = _module(tiny_model_dir)
+    rollout = RolloutCallback(dynamic_sampling=DynamicSampling(max_draws=8))
+    trainer = rollout_trainer(4, (steps,), rollout=rollout)
+    trainer.loggers = [logger]
+    trainer.log_every_n_steps = 1  # every step (batch)
+    trainer.fit(
+        module,
+        PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=64, num_val=2),
+    )
+    assert steps.skipped > 0
+    losses = [metrics["train/loss"] for _, metrics in logger.rows if "train/loss" in metrics]
+    assert len(losses) == len(steps.trained) == 4  # once per step, not once per batch
+    assert trainer.log_every_n_steps == 1  # the user's setting is back
 
 
 def test_a_run_stopped_with_a_half_full_buffer_resumes_with_it(tiny_model_dir, tmp_path):
