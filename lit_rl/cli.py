@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -65,6 +66,28 @@ class LitRLCLI(LightningCLI):
         # The data module tokenizes with the model's tokenizer and chat template.
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
 
+    def before_instantiate_classes(self) -> None:
+        # `--ckpt_path last` must find the run it continues: a logger with its own save_dir
+        # and no version (the recipes' TensorBoardLogger) would start a new version_N folder,
+        # and the checkpoints live in the run's folder. Continue the newest one that has a
+        # last.ckpt instead (logs and checkpoints carry on there).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if subcommand != "fit" or config.get("ckpt_path") != "last":
+            return
+        logger = config.trainer.get("logger")
+        settings = logger.get("init_args") if isinstance(logger, Namespace) else None
+        if settings is None or settings.get("version") is not None or not settings.get("save_dir"):
+            return
+        run_folder = Path(settings.save_dir) / (settings.get("name") or "")
+        version = newest_version_with_last(run_folder)
+        if version is not None:
+            settings.version = version
+            print(
+                f"lit-rl: --ckpt_path last continues {run_folder / version}",
+                file=sys.stderr,
+            )
+
     def parse_arguments(self, parser, args) -> None:  # noqa: ANN001 (LightningCLI's)
         super().parse_arguments(parser, args)
         # LightningCLI reads a checkpoint's hyperparameters right after parsing, with a bare
@@ -86,6 +109,15 @@ def run_cli(args: list[str] | None = None) -> LitRLCLI:
         parser_class=LitRLArgumentParser,
         args=args,
     )
+
+
+def newest_version_with_last(run_folder: Path) -> str | None:
+    """The ``version_N`` folder under ``run_folder`` whose ``checkpoints/last.ckpt`` was
+    written last, if any."""
+    candidates = [path for path in run_folder.glob("version_*/checkpoints/last.ckpt")]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda path: path.stat().st_mtime).parents[1].name
 
 
 def fail(message: str) -> NoReturn:

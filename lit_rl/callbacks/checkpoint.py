@@ -29,8 +29,7 @@ class PolicyCheckpoint(ModelCheckpoint):
       the previous checkpoint loadable; what killed writes left is removed at the next start.
     - SIGTERM (a scheduler's preemption) or SIGINT (Ctrl+C): the current step finishes,
       ``last.ckpt`` is written at it, and the process exits with status 143 (130 for SIGINT);
-      the same command with ``--ckpt_path <that last.ckpt>`` (or ``last`` when the checkpoint
-      folder is the same for every run) continues the run.
+      the same command with ``--ckpt_path last`` continues the run.
     - When training ends, ``last.ckpt`` is written at the step it ended on (with
       ``save_last``; e.g. stopped by ``max_time`` between intervals) and the policy is exported
       to ``<dirpath>/policy``: merged weights and tokenizer that
@@ -89,7 +88,7 @@ class PolicyCheckpoint(ModelCheckpoint):
         path = self._write_last(trainer)
         self.stop_signals.restore()
         where = (
-            f"continue with the same command and --ckpt_path {path}"
+            f"continue with the same command and --ckpt_path last (or --ckpt_path {path})"
             if path
             else "no optimizer step was taken, so no checkpoint was written"
         )

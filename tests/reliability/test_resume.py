@@ -213,7 +213,7 @@ def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_continues(
     last_path = out / "checkpoints" / "last.ckpt"
     assert (
         f"lit-rl: {name}: stopped after optimizer step {5 * every}; continue with the same "
-        f"command and --ckpt_path {last_path}" in stopped.stderr
+        f"command and --ckpt_path last (or --ckpt_path {last_path})" in stopped.stderr
     )
     assert len(steps(out)) == 5  # the step it arrived in was finished
     last = torch.load(last_path, weights_only=False)
@@ -222,4 +222,27 @@ def test_a_stop_signal_finishes_the_step_checkpoints_it_and_the_run_continues(
 
     resumed = fit(out / "config.yaml", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_run(uninterrupted_grpo, out)
+
+
+def test_the_same_command_with_ckpt_path_last_continues_the_recipes_versioned_run(
+    uninterrupted_grpo, tiny_model_dir, tmp_path
+):
+    # The recipes log with a TensorBoardLogger that opens a new version_N per run, and the
+    # checkpoints live under it: `--ckpt_path last` must continue the killed run's folder.
+    out = prepare("grpo", True, tiny_model_dir, tmp_path, "killed")["killed"]
+    run_config = yaml.safe_load((out / "config.yaml").read_text())
+    run_config["trainer"]["logger"] = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(out / "runs"), "name": "grpo"},
+    }
+    del run_config["trainer"]["callbacks"][-1]["init_args"]["dirpath"]  # under the version
+    (out / "config.yaml").write_text(yaml.safe_dump(run_config))
+    every = STEPS_PER_BATCH["grpo"]
+    killed = fit(out / "config.yaml", *probe("KillAfterStep", step=KILLED_AT * every))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = fit(out / "config.yaml", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "lit-rl: --ckpt_path last continues" in resumed.stderr
+    assert sorted(p.name for p in (out / "runs" / "grpo").iterdir()) == ["version_0"]
     assert_same_run(uninterrupted_grpo, out)
