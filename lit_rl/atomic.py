@@ -64,17 +64,16 @@ def remove_stale_staging(directory: Path) -> list[str]:
     changed = []
     for path in sorted(directory.iterdir()):
         name = path.name
-        if name.startswith(".") and name.endswith(OLD):
-            original = directory / name[1 : -len(OLD)]
-            if not original.exists():
-                os.rename(path, original)
-                changed.append(f"{name} (restored as {original.name})")
-                continue
-        elif not (name.startswith(".") and (PARTIAL in name or name.startswith(LEGACY_EXPORT))):
+        if not name.startswith("."):
             continue
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        changed.append(name)
+        original = directory / name[1 : -len(OLD)]
+        if name.endswith(OLD) and not original.exists():
+            os.rename(path, original)
+            changed.append(f"{name} (restored as {original.name})")
+        elif name.endswith(OLD) or PARTIAL in name or name.startswith(LEGACY_EXPORT):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            changed.append(name)
     return changed

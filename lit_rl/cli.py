@@ -58,7 +58,9 @@ class LitRLArgumentParser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get(TRACEBACK_VARIABLE):
             super().error(message, ex)
-        fail(f"{digest(message)}\n  ('lit-rl fit --help' lists the options)")
+        words = self.prog.split()  # "lit-rl [options] fit" for a subcommand's parser
+        command = f"lit-rl {words[-1]}" if len(words) > 1 else "lit-rl"
+        fail(f"{digest(message)}\n  ('{command} --help' lists the options)")
 
 
 class LitRLCLI(LightningCLI):
@@ -71,9 +73,8 @@ class LitRLCLI(LightningCLI):
         # and no version (the recipes' TensorBoardLogger) would start a new version_N folder,
         # and the checkpoints live in the run's folder. Continue the newest one that has a
         # last.ckpt instead (logs and checkpoints carry on there).
-        subcommand = self.config.get("subcommand")
-        config = self.config[subcommand] if subcommand else None
-        if subcommand != "fit" or config.get("ckpt_path") != "last":
+        config = self._subcommand_config()
+        if self.config.get("subcommand") != "fit" or config.get("ckpt_path") != "last":
             return
         logger = config.trainer.get("logger")
         settings = logger.get("init_args") if isinstance(logger, Namespace) else None
@@ -92,10 +93,14 @@ class LitRLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # LightningCLI reads a checkpoint's hyperparameters right after parsing, with a bare
         # torch error for a file that is not a whole checkpoint: name the file first.
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        ckpt_path = self._subcommand_config().get("ckpt_path")
         if ckpt_path:
             check_checkpoint_file(Path(ckpt_path))
+
+    def _subcommand_config(self) -> Namespace:
+        """The parsed settings of the subcommand being run (fit, validate, ...)."""
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else Namespace()
 
 
 def run_cli(args: list[str] | None = None) -> LitRLCLI:
@@ -114,7 +119,7 @@ def run_cli(args: list[str] | None = None) -> LitRLCLI:
 def newest_version_with_last(run_folder: Path) -> str | None:
     """The ``version_N`` folder under ``run_folder`` whose ``checkpoints/last.ckpt`` was
     written last, if any."""
-    candidates = [path for path in run_folder.glob("version_*/checkpoints/last.ckpt")]
+    candidates = list(run_folder.glob("version_*/checkpoints/last.ckpt"))
     if not candidates:
         return None
     return max(candidates, key=lambda path: path.stat().st_mtime).parents[1].name

@@ -36,6 +36,7 @@ class StopSignals:
         # Handlers can only be set from the main thread (not, e.g., in a notebook's worker).
         if threading.current_thread() is not threading.main_thread():
             return
+        self.received = None  # a new fit
         for signum in SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
