@@ -125,7 +125,7 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
             self.steps.append(
                 {
                     "generation": metrics["rollout/generation_time"],
-                    "reward": metrics["rollout/scoring_time"],
+                    "reward": metrics["rollout/reward_time"],
                     "reference/old logprobs": metrics["rollout/logprobs_time"],
                     "forward+backward": self.before_optimizer - rollout_end,
                     "optimizer": end - self.before_optimizer,
@@ -182,6 +182,8 @@ def run_lit_rl(args: argparse.Namespace) -> dict[str, Any]:
 
 def bare_generate(module: Any, batch: dict[str, Any], args: argparse.Namespace) -> float:  # noqa: ANN401
     """Generated tokens/s of plain ``generate`` on the policy for the same batch (median of 3)."""
+    from lit_rl.rollout import completion_mask_from_eos
+
     rates = []
     for _ in range(3):
         start = time.perf_counter()
@@ -194,11 +196,11 @@ def bare_generate(module: Any, batch: dict[str, Any], args: argparse.Namespace) 
                 temperature=1.0,
                 top_k=None,
                 pad_token_id=module.tokenizer.pad_token_id,
-                eos_token_id=module.eos_token_ids,
+                eos_token_id=list(module.sampler.eos_token_ids),
             )
         seconds = time.perf_counter() - start
         completion = output[:, batch["input_ids"].shape[1] :]
-        mask, _ = module.decode_completions(completion)
+        mask = completion_mask_from_eos(completion, module.sampler.eos_token_ids)
         rates.append(float(mask.sum()) / seconds)
     return statistics.median(rates)
 

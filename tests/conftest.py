@@ -1,10 +1,12 @@
 """Shared fixtures: a tiny Llama with a character-level tokenizer, built in code."""
 
+import copy
 import string
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -87,10 +89,29 @@ def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed
     )
 
 
+class Trained(Callback):
+    """Keeps every training batch's Experience and its update (the module's
+    ``handoff.trained``), and the policy's weights each of those batches started from."""
+
+    def __init__(self):
+        self.batches = []  # lit_rl.experience.TrainedBatch, one per batch with an update
+        self.weights = []  # the policy's state dict before each of those updates
+        self._weights = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._weights = copy.deepcopy(pl_module.policy.state_dict())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.handoff.trained is not None:
+            self.batches.append(pl_module.handoff.trained)
+            self.weights.append(self._weights)
+
+
 def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), logprob_check=None, rollout=None):
     """A quiet Trainer with a RolloutCallback (``rollout``, else one with ``logprob_check``,
     the default one when ``None``), plus ``callbacks``, and no validation."""
     from lightning.pytorch import Trainer
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from lit_rl.callbacks import RolloutCallback
 
@@ -98,7 +119,8 @@ def rollout_trainer(max_steps: int = 1, callbacks: tuple = (), logprob_check=Non
         max_steps=max_steps,
         callbacks=[rollout or RolloutCallback(logprob_check), *callbacks],
         logger=False,
-        enable_checkpointing=False,
+        # Lightning's default checkpoint callback only where the test brings its own.
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,

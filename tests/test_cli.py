@@ -238,7 +238,7 @@ def test_ppo_recipe_trains_and_logs_the_documented_metrics(tiny_model_dir, tmp_p
         "train/entropy",
         "train/grad_norm",
         "rollout/reward",
-        "rollout/score",
+        "rollout/return",
         "rollout/kl",
         "rollout/kl_coef",
         "rollout/values",
@@ -267,7 +267,7 @@ VARIANTS = [
 
 
 # What the tiny settings (12 new tokens) need changed beside them.
-VARIANT_ARGS = {"grpo_math_dapo": ["--model.init_args.overlong_buffer_length=4"]}
+VARIANT_ARGS = {"grpo_math_dapo": ["--model.init_args.overlong.buffer_length=4"]}
 
 
 @pytest.mark.parametrize("recipe", VARIANTS)

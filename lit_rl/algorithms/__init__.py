@@ -44,6 +44,7 @@ from lit_rl.algorithms.losses import (
 from lit_rl.algorithms.sampler_mismatch import (
     SAMPLER_CORRECTIONS,
     SamplerCorrection,
+    SamplerCorrectionMode,
     sampler_correction_weights,
     sampler_mismatch,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "KLEstimator",
     "LossType",
     "SamplerCorrection",
+    "SamplerCorrectionMode",
     "aggregate",
     "all_reduce_sum",
     "aggregation_count",

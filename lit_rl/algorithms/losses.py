@@ -61,7 +61,7 @@ def aggregate(
     - ``sequence_mean``: mean over each completion's tokens, then over completions.
     - ``token_mean``, ``micro_token_mean``, ``batch_token_mean``: mean over every counted token
       of the given batch (long answers weigh more). They differ in which batch that is when an
-      update is cut into parts (``micro_batch_weight``, ``PolicyModule.training_step``).
+      update is cut into parts (``micro_batch_weight``, ``lit_rl.update.PolicyUpdate``).
     - ``constant_normalizer``: sum over counted tokens / (N * ``max_completion_length``).
     """
     if aggregation == "sequence_mean":

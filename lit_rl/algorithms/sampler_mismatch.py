@@ -6,13 +6,14 @@ weight sync) make them differ. Tokens are drawn from the engine, pi_s; the train
 what the loss takes as the behaviour policy. Per token, ``rho = pi_old / pi_s``.
 """
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from lit_rl.algorithms.distributed import global_max, global_mean
 
-SamplerCorrection = Literal["none", "token_tis", "sequence_tis", "token_mask", "sequence_mask"]
+SamplerCorrectionMode = Literal["none", "token_tis", "sequence_tis", "token_mask", "sequence_mask"]
 SAMPLER_CORRECTIONS = ("none", "token_tis", "sequence_tis", "token_mask", "sequence_mask")
 
 
@@ -46,7 +47,7 @@ def sampler_correction_weights(
     trainer_logprobs: torch.Tensor,  # [N, T] log pi_old
     sampler_logprobs: torch.Tensor,  # [N, T] log pi_s
     completion_mask: torch.Tensor,  # [N, T] bool
-    correction: SamplerCorrection,
+    correction: SamplerCorrectionMode,
     low: float = 0.5,
     high: float = 2.0,
 ) -> torch.Tensor:  # [N, T] float32, detached, 0 on padding
@@ -75,3 +76,48 @@ def sampler_correction_weights(
     if correction.endswith("tis"):
         return rho.clamp(max=high) * mask
     return ((rho >= low) & (rho <= high)).float() * mask
+
+
+@dataclass(frozen=True)
+class SamplerCorrection:
+    """Whether and how the policy gradient is reweighted for the gap between the engine's
+    distribution and the trainer's (``sampler_correction_weights``; docs/rollout.md).
+
+    Args:
+        mode: ``none``, ``token_tis``, ``sequence_tis``, ``token_mask`` or ``sequence_mask``.
+        low: the masks keep ratios ``rho >= low``.
+        high: the masks keep ratios ``rho <= high``; TIS truncates at it.
+    """
+
+    mode: SamplerCorrectionMode = "none"
+    low: float = 0.5
+    high: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in SAMPLER_CORRECTIONS:
+            raise ValueError(
+                f"sampler_correction mode must be one of {SAMPLER_CORRECTIONS}, got {self.mode!r}"
+            )
+        if not 0 <= self.low < 1 < self.high:
+            raise ValueError(
+                "sampler_correction needs 0 <= low < 1 < high, got "
+                f"low={self.low}, high={self.high}"
+            )
+
+    def weights(
+        self,
+        trainer_logprobs: torch.Tensor,  # [n, T] log pi_old
+        sampler_logprobs: torch.Tensor | None,  # [n, T] log pi_s, the engine's
+        completion_mask: torch.Tensor,  # [n, T] bool
+    ) -> torch.Tensor | None:  # [n, T], None without a correction
+        """The weights of a micro-batch's policy-gradient terms."""
+        if self.mode == "none":
+            return None
+        if sampler_logprobs is None:
+            raise ValueError(
+                f"sampler_correction {self.mode!r} needs the engine's logprobs in the "
+                "Experience (make_experience sets them)"
+            )
+        return sampler_correction_weights(
+            trainer_logprobs, sampler_logprobs, completion_mask, self.mode, self.low, self.high
+        )

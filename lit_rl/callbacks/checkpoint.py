@@ -14,8 +14,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_rl.atomic import remove_stale_staging
 from lit_rl.callbacks.preemption import Preempted, StopSignals
+from lit_rl.experience import PolicyOwner, missing_members
 from lit_rl.models import save_policy
-from lit_rl.modules import PolicyModule
 from lit_rl.strategies import AtomicCheckpointIO, full_state_dict, is_sharded
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,12 @@ class PolicyCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        if not isinstance(pl_module, PolicyModule):
+        missing = missing_members(pl_module, PolicyOwner)
+        if missing:
             raise TypeError(
-                "PolicyCheckpoint exports a lit_rl PolicyModule's policy, got "
-                f"{type(pl_module).__name__}: use lightning's ModelCheckpoint for other modules"
+                "PolicyCheckpoint exports the policy of a module that implements "
+                f"lit_rl.experience.PolicyOwner; {type(pl_module).__name__} lacks "
+                f"{', '.join(missing)}: use lightning's ModelCheckpoint for other modules"
             )
         # Lightning's default writer (a user's own CheckpointIO is kept as it is).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
@@ -124,11 +126,12 @@ class PolicyCheckpoint(ModelCheckpoint):
         return last
 
 
-def export_policy(trainer: Trainer, pl_module: PolicyModule, directory: Path) -> None:
+def export_policy(trainer: Trainer, pl_module: PolicyOwner, directory: Path) -> None:
     """Write the policy for plain transformers to ``directory``; a collective when sharded."""
+    policy = pl_module.models.policy
     # Sharded: every process takes part in gathering, rank 0 keeps the tensors. Otherwise
     # save_policy reads the policy's own state dict (no copy).
-    state = full_state_dict(pl_module.policy) if is_sharded(pl_module.policy) else None
+    state = full_state_dict(policy) if is_sharded(policy) else None
     if trainer.is_global_zero:
-        save_policy(pl_module.policy, pl_module.tokenizer, directory, state)
+        save_policy(policy, pl_module.tokenizer, directory, state)
     trainer.strategy.barrier("lit_rl.export_policy")

@@ -6,8 +6,9 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_rl.experience import PolicyOwner, missing_members
+from lit_rl.models import PolicyModels
 from lit_rl.models.lora import lora_layers
-from lit_rl.modules import PolicyModule
 from lit_rl.state import require_keys
 from lit_rl.strategies import FSDP2Strategy
 
@@ -39,10 +40,12 @@ class ReferenceSyncCallback(Callback):
         self.last_sync_step = 0  # in checkpoints, so a resumed run keeps the schedule
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if not isinstance(pl_module, PolicyModule):
+        missing = missing_members(pl_module, PolicyOwner)
+        if missing:
             raise TypeError(
-                "ReferenceSyncCallback needs a lit_rl PolicyModule (policy + reference), got "
-                f"{type(pl_module).__name__}"
+                "ReferenceSyncCallback moves the reference of a module that implements "
+                f"lit_rl.experience.PolicyOwner (policy + reference); {type(pl_module).__name__} "
+                f"lacks {', '.join(missing)}"
             )
         if isinstance(trainer.strategy, FSDP2Strategy):
             raise ValueError(
@@ -50,7 +53,7 @@ class ReferenceSyncCallback(Callback):
                 "into the reference in place, weight by weight, and sharded weights would need "
                 "gathering; run it with DDPStrategy or one process, or remove the callback"
             )
-        if not pl_module.uses_reference:
+        if not pl_module.model_recipe.reference:
             raise ValueError(
                 "ReferenceSyncCallback on a module without a reference (beta = 0 or kl_coef = "
                 "0): there is nothing to sync; remove the callback or enable the KL term"
@@ -58,12 +61,12 @@ class ReferenceSyncCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the weights and their dtype exist now.
-        if pl_module.reference is None:
-            self._check_lora_base_precision(pl_module)
+        if pl_module.models.reference is None:
+            self._check_lora_base_precision(pl_module.models)
 
     @staticmethod
-    def _check_lora_base_precision(pl_module: PolicyModule) -> None:
-        dtypes = {layer.get_base_layer().weight.dtype for layer in lora_layers(pl_module.policy)}
+    def _check_lora_base_precision(models: PolicyModels) -> None:
+        dtypes = {layer.get_base_layer().weight.dtype for layer in lora_layers(models.policy)}
         if dtypes - {torch.float32}:
             raise ValueError(
                 "ReferenceSyncCallback with LoRA merges alpha x each adapter's delta into the "
@@ -78,20 +81,22 @@ class ReferenceSyncCallback(Callback):
     ) -> None:
         step = trainer.global_step
         if step - self.last_sync_step >= self.ref_sync_steps:
-            self.sync(pl_module, trainer.optimizers)
+            self.sync(pl_module.models, trainer.optimizers)
             self.last_sync_step = step
 
     @torch.no_grad()
-    def sync(self, pl_module: PolicyModule, optimizers: list[torch.optim.Optimizer] = ()) -> None:
-        if pl_module.reference is not None:
+    def sync(self, models: PolicyModels, optimizers: list[torch.optim.Optimizer] = ()) -> None:
+        """Mix ``alpha`` of the policy into the reference of ``models``; the adapters' state
+        in ``optimizers`` is reset (LoRA)."""
+        if models.reference is not None:
             for ref, param in zip(
-                pl_module.reference.parameters(), pl_module.policy.parameters(), strict=True
+                models.reference.parameters(), models.policy.parameters(), strict=True
             ):
                 ref.lerp_(param.to(ref.dtype), self.alpha)
             return
-        self._check_lora_base_precision(pl_module)
+        self._check_lora_base_precision(models)
         adapter_params = []
-        for layer in lora_layers(pl_module.policy):
+        for layer in lora_layers(models.policy):
             for adapter in layer.active_adapters:
                 base = layer.get_base_layer().weight
                 base += self.alpha * layer.get_delta_weight(adapter).to(base.dtype)

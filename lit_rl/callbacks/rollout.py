@@ -11,13 +11,12 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lit_rl.algorithms import global_mean, global_std, sampler_mismatch
 from lit_rl.experience import (
-    EXPERIENCE_KEY,
     DynamicSampling,
     Experience,
     ExperienceModule,
     ExperienceSpec,
     make_experience,
-    missing_experience_members,
+    missing_members,
     stopped_at_eos,
 )
 from lit_rl.rollout import LogprobCheck
@@ -27,14 +26,14 @@ from lit_rl.strategies import FSDP2Strategy
 
 class RolloutCallback(Callback):
     """Before every training step, turn the batch's prompts into an ``Experience`` with
-    ``lit_rl.experience.make_experience`` (generate -> score -> logprobs/values -> shaping ->
-    advantages) and hand it to the module as ``batch["experience"]``.
+    ``lit_rl.experience.make_experience`` (sample -> reward -> logprobs/values -> shaping ->
+    advantages) and hand it to the module's ``training_step`` through its ``handoff``.
 
     Why a callback and not the data side: Lightning fetches the next batch before the current
     step runs, so a dataloader that generated would sample with weights one update old; a
     callback runs right before the step, with the current weights, and sees the module.
 
-    After every step it checks the engine (the module's ``engine``, synced to the weights of
+    After every step it checks the engine (the module's sampler's, synced to the weights of
     each step): the trainer's logprobs of the sampled tokens against the engine's own, logged
     as ``rollout/logprob_mismatch_k3`` (``_max``, ``_frac_over``) with the synced weights'
     version and fingerprint; ``logprob_check`` warns or stops past its thresholds.
@@ -65,7 +64,7 @@ class RolloutCallback(Callback):
         self.paused_log_every: int | None = None  # log_every_n_steps while a batch is not logged
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        missing = missing_experience_members(pl_module)
+        missing = missing_members(pl_module, ExperienceModule)
         if missing:
             raise TypeError(
                 f"RolloutCallback drives modules that implement "
@@ -75,7 +74,8 @@ class RolloutCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the policy exists (setup runs before it is built).
-        self._check_context(trainer, pl_module)
+        policy = pl_module.models.policy
+        self._check_context(trainer, policy, pl_module.sampler.sampling.max_new_tokens)
         if self.dynamic_sampling is not None and pl_module.experience_spec().num_generations < 2:
             raise ValueError(
                 "dynamic sampling keeps groups whose rewards differ, and num_generations=1 "
@@ -85,7 +85,7 @@ class RolloutCallback(Callback):
         strategy = trainer.strategy
         self.low_precision = (
             isinstance(strategy, FSDP2Strategy) and strategy.computes_in_bf16
-        ) or any(p.dtype in (torch.bfloat16, torch.float16) for p in pl_module.policy.parameters())
+        ) or any(p.dtype in (torch.bfloat16, torch.float16) for p in policy.parameters())
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After any checkpoint is restored (this hook runs then): a resumed run keeps the
@@ -102,15 +102,14 @@ class RolloutCallback(Callback):
             seed_rollout(self.base_seed, trainer.global_step, trainer.global_rank, EVALUATION)
 
     @staticmethod
-    def _check_context(trainer: Trainer, pl_module: ExperienceModule) -> None:
+    def _check_context(trainer: Trainer, policy: torch.nn.Module, max_new: int) -> None:
         """Prompt + completion must fit the model's context window."""
-        context = getattr(pl_module.policy.config, "max_position_embeddings", None)
+        context = getattr(policy.config, "max_position_embeddings", None)
         max_prompt = (
             getattr(trainer.datamodule, "max_prompt_length", None) if trainer.datamodule else None
         )
         if context is None or max_prompt is None:
             return
-        max_new = pl_module.experience_spec().sampling.max_new_tokens
         needed = max_prompt + max_new
         if needed > context:
             raise ValueError(
@@ -128,20 +127,29 @@ class RolloutCallback(Callback):
             self.step_started = start
         spec = pl_module.experience_spec()
         seed_rollout(self.base_seed, self.num_rollouts, trainer.global_rank)
-        experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
+        try:
+            experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
+        except StopIteration as error:
+            # Lightning would take it for the end of the data, and start the epoch again.
+            raise RuntimeError(
+                f"StopIteration escaped the rollout of training batch {batch_idx} (from the "
+                "reward or the engine; a next() on an empty iterator?)"
+            ) from error
         self.num_rollouts += 1
         seconds["total"] = time.perf_counter() - start
         for phase, value in seconds.items():
             self.filling_seconds[phase] += value
         metrics: dict[str, torch.Tensor] = {}
         if self.dynamic_sampling is not None:
-            experience, metrics = self._fill(trainer, experience, spec)
+            pad_token_id = pl_module.sampler.pad_token_id
+            experience, metrics = self._fill(trainer, experience, pad_token_id)
             if experience is None:
-                batch[EXPERIENCE_KEY] = None  # no optimizer step until the batch is full
+                pl_module.handoff.put(None)  # no optimizer step until the batch is full
                 self._pause_logging(trainer)
                 return
-        batch[EXPERIENCE_KEY] = experience
-        metrics |= rollout_metrics(experience, spec, dict(self.filling_seconds))
+        pl_module.handoff.put(experience)
+        eos_token_ids = pl_module.sampler.eos_token_ids
+        metrics |= rollout_metrics(experience, spec, eos_token_ids, dict(self.filling_seconds))
         self.filling_seconds.clear()
         for name, value in metrics.items():
             # Means over processes: every process samples as many prompts and groups.
@@ -171,20 +179,21 @@ class RolloutCallback(Callback):
         self._resume_logging(trainer)
 
     def _fill(
-        self, trainer: Trainer, experience: Experience, spec: ExperienceSpec
+        self, trainer: Trainer, experience: Experience, pad_token_id: int
     ) -> tuple[Experience | None, dict[str, torch.Tensor]]:
         """Offer the draw to the dynamic-sampling buffer; the full batch when every process's
         is full (they step together) or at the cap on draws, else ``None``."""
         sampling = self.dynamic_sampling
         target = experience.num_groups  # the batch's prompts
-        draw = sampling.offer(experience, target)
-        full = torch.tensor(float(draw.full), device=experience.rewards.device)
+        sampling.offer(experience)
+        is_full = sampling.kept_groups >= target
+        full = torch.tensor(float(is_full), device=experience.rewards.device)
         if trainer.world_size > 1:
             full = trainer.strategy.reduce(full, reduce_op="min")
         if not (bool(full) or sampling.at_cap):
             return None, {}
         drawn, dropped, draws = sampling.drawn_groups, sampling.dropped_groups, sampling.draws
-        experience, filled = sampling.take(experience, target, spec.pad_token_id)
+        experience, filled = sampling.take(experience, target, pad_token_id)
         metrics = {
             "rollout/draws": draws,
             "rollout/prompts_drawn": drawn,
@@ -202,23 +211,22 @@ class RolloutCallback(Callback):
         batch: dict[str, Any],
         batch_idx: int,
     ) -> None:
-        # By now pi_old is known either way: from the rollout, or (on-policy) from the update's
-        # first forward pass, filled in by training_step.
-        experience: Experience | None = batch[EXPERIENCE_KEY]
-        if experience is not None and self.step_started is not None:
+        trained = pl_module.handoff.trained
+        if trained is None:  # no update on this batch (dynamic sampling is filling one)
+            return
+        experience = trained.experience
+        if self.step_started is not None:
             # Rollouts and update of this optimizer step, on the progress bar.
             seconds = time.perf_counter() - self.step_started
             pl_module.log("train/step_time", seconds, batch_size=len(experience), prog_bar=True)
             self.step_started = None
-        if (
-            experience is None
-            or experience.old_logprobs is None
-            or experience.sampler_logprobs is None
-        ):
+        if experience.sampler_logprobs is None:
             return
+        # pi_old as the trainer scored it: from the rollout, or (on-policy) from the update's
+        # first forward pass.
         check = self.logprob_check
         mismatch = sampler_mismatch(
-            experience.old_logprobs,
+            trained.update.old_logprobs,
             experience.sampler_logprobs,
             experience.completion_mask,
             check.token_threshold,
@@ -231,7 +239,7 @@ class RolloutCallback(Callback):
         check.verify(
             mismatch["k3"],
             float(mismatch["max_abs"]),
-            pl_module.engine.name,
+            pl_module.sampler.engine.name,
             experience.weights_version,
             self.low_precision,
         )
@@ -276,15 +284,19 @@ def seed_rollout(base_seed: int, index: int, rank: int, stream: int = TRAINING) 
 def rollout_metrics(
     experience: Experience,
     spec: ExperienceSpec,
+    eos_token_ids: tuple[int, ...],
     seconds: dict[str, float],
 ) -> dict[str, torch.Tensor]:
-    """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md)."""
+    """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md):
+    ``reward`` is the rewards' mean (the reward's total, with DAPO's overlong penalty when
+    on), ``return`` each completion's return (its reward minus the KL in the reward, when the
+    algorithm folds one in) averaged."""
     rewards, mask = experience.rewards, experience.completion_mask
     completion_ids = experience.input_ids[:, -experience.num_completion_tokens :]
-    truncated = ~stopped_at_eos(completion_ids, mask, spec.eos_token_ids)
+    truncated = ~stopped_at_eos(completion_ids, mask, eos_token_ids)
     metrics = {
-        "rollout/reward": experience.token_rewards.sum(dim=1).mean(),
-        "rollout/score": rewards.mean(),
+        "rollout/reward": rewards.mean(),
+        "rollout/return": experience.token_rewards.sum(dim=1).mean(),
         "rollout/completion_len": mask.sum(1).float().mean(),
         "rollout/truncated_fraction": truncated.float().mean(),
         "rollout/advantage_std": global_std(experience.advantages[mask]),

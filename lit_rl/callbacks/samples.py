@@ -6,7 +6,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_rl.algorithms import masked_mean
-from lit_rl.experience import EXPERIENCE_KEY
+from lit_rl.experience import ExperienceModule, missing_members
 
 
 def _cell(text: str) -> str:
@@ -31,12 +31,22 @@ class SampleLoggerCallback(Callback):
         self.every_n_steps = every_n_steps
         self.max_completions = max_completions
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        missing = missing_members(pl_module, ExperienceModule)
+        if missing:
+            raise TypeError(
+                "SampleLoggerCallback shows the rollouts of a module that implements "
+                f"lit_rl.experience.ExperienceModule; {type(pl_module).__name__} lacks "
+                f"{', '.join(missing)}"
+            )
+
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        experience = batch.get(EXPERIENCE_KEY) if isinstance(batch, dict) else None
-        if experience is None or batch_idx % self.every_n_steps:
+        trained = pl_module.handoff.trained  # None for a batch without an update
+        if trained is None or batch_idx % self.every_n_steps:
             return
+        experience = trained.experience
         rows = ["| reward | advantage | prompt | completion |", "|---|---|---|---|"]
         for i in range(min(self.max_completions, len(experience.completions))):
             advantage = masked_mean(experience.advantages[i], experience.completion_mask[i])

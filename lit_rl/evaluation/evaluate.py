@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from lit_rl.experience import ExperienceModule
+from lit_rl.rewards import RewardFn, call_reward
 from lit_rl.rewards.math import extract_answer
-from lit_rl.rollout import GenerationRequest, SamplingParams
+from lit_rl.rollout import CompletionSampler
 
 
 @dataclass
@@ -65,33 +65,28 @@ def majority_correct(
 
 @torch.no_grad()
 def evaluate_batch(
-    module: ExperienceModule, batch: dict[str, Any], plan: EvaluationPlan, where: str
+    sampler: CompletionSampler,
+    reward: RewardFn,
+    batch: dict[str, Any],
+    plan: EvaluationPlan,
+    version: int,
+    where: str,
 ) -> EvaluationBatch:
     """Greedy completions of ``batch``'s prompts (and ``plan.num_samples`` sampled ones per
-    prompt), scored by the module's reward."""
-    spec = module.experience_spec()
+    prompt) by ``sampler`` with the weights at ``version``, scored by ``reward``."""
     fields = {key: values for key, values in batch.items() if isinstance(values, list)}
 
-    def completions(num: int, sampling: SamplingParams) -> tuple[torch.Tensor, list[str], Any]:
-        request = GenerationRequest(
-            batch["input_ids"],
-            batch["attention_mask"],
-            num,
-            sampling,
-            spec.pad_token_id,
-            spec.eos_token_ids,
-        )
-        mask, texts = module.decode_completions(module.generate(request).completion_ids)
+    def completions(num: int, greedy: bool) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        sampled = sampler.sample(batch["input_ids"], batch["attention_mask"], num, version, greedy)
         repeated = {key: [v for v in values for _ in range(num)] for key, values in fields.items()}
-        output = module.score(repeated["prompt"], texts, repeated, where)
-        return mask, texts, output.total.float()
+        output = call_reward(reward, repeated["prompt"], sampled.texts, repeated, where)
+        return sampled.mask, sampled.texts, output.total.float()
 
-    greedy = SamplingParams(spec.sampling.max_new_tokens, do_sample=False)
-    mask, _, reward = completions(1, greedy)
+    mask, _, greedy_reward = completions(1, greedy=True)
     sample_correct = majority = None
     n = plan.num_samples
     if n > 0:
-        _, texts, sample_reward = completions(n, spec.sampling)
+        _, texts, sample_reward = completions(n, greedy=False)
         sample_correct = (sample_reward >= plan.success_threshold).view(-1, n)
         answers = [
             [plan.answer_extractor(text) for text in texts[i * n : (i + 1) * n]]
@@ -99,8 +94,8 @@ def evaluate_batch(
         ]
         majority = majority_correct(answers, sample_correct)
     return EvaluationBatch(
-        greedy_correct=reward >= plan.success_threshold,
-        greedy_reward=reward,
+        greedy_correct=greedy_reward >= plan.success_threshold,
+        greedy_reward=greedy_reward,
         greedy_length=mask.sum(dim=1),
         sample_correct=sample_correct,
         majority_correct=majority,

@@ -1,22 +1,11 @@
 """DAPO's dynamic sampling: train only on groups whose rewards differ, drawing more prompts."""
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lit_rl.experience.experience import Experience, concatenate
-
-
-@dataclass(frozen=True)
-class Draw:
-    """What one offered batch of groups did to the buffer."""
-
-    groups: int  # groups in the offered batch
-    dropped: int  # of them, groups whose rewards were all equal
-    kept_total: int  # groups in the buffer after it
-    full: bool  # the buffer holds a batch
 
 
 class DynamicSampling:
@@ -57,7 +46,7 @@ class DynamicSampling:
         std = experience.rewards.view(-1, experience.group_size).std(dim=1)
         return std > self.min_reward_std
 
-    def offer(self, experience: Experience, target: int) -> Draw:
+    def offer(self, experience: Experience) -> None:
         """Keep the groups of ``experience`` that carry signal."""
         signal = self.signal_groups(experience)
         self.draws += 1
@@ -65,8 +54,6 @@ class DynamicSampling:
         self.dropped_groups += int((~signal).sum())
         if signal.any():
             self.kept.append(experience.select_groups(signal.nonzero().squeeze(1)))
-        kept = self.kept_groups
-        return Draw(len(signal), int((~signal).sum()), kept, kept >= target)
 
     @property
     def at_cap(self) -> bool:

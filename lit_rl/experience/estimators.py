@@ -193,3 +193,22 @@ class GAE(AdvantageEstimator):
             mask = inputs.completion_mask
             advantages = whiten(advantages, mask, across_processes=True) * mask
         return advantages, returns
+
+
+def check_estimator(estimator: AdvantageEstimator, num_generations: int, kl_coef: float) -> None:
+    """Refuse settings under which ``estimator`` cannot work, naming the fix: groups of one
+    for an estimator that compares a prompt's completions; a KL in the reward for one that
+    never reads the per-token rewards (process supervision), where it would do nothing."""
+    if num_generations < 1:
+        raise ValueError(f"num_generations must be >= 1, got {num_generations}")
+    if estimator.needs_groups and num_generations < 2:
+        raise ValueError(
+            f"num_generations must be >= 2 to form groups for {type(estimator).__name__}, got "
+            f"{num_generations}; sample at least two completions per prompt, or use an estimator "
+            "with a critic (GAE) for G = 1"
+        )
+    if kl_coef > 0 and not estimator.uses_token_rewards:
+        raise ValueError(
+            f"kl_coef={kl_coef} folds a KL into the per-token rewards, which "
+            f"{type(estimator).__name__} does not read: put the KL in the loss (beta) instead"
+        )

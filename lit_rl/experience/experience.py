@@ -25,9 +25,9 @@ class Experience:
     token_rewards: torch.Tensor  # [N, T] reward per token: outcome on the last, minus KL if asked
     advantages: torch.Tensor  # [N, T] 0 on padding
     returns: torch.Tensor | None = None  # [N, T] value targets (estimators with a critic)
-    # [N, T] pi_old, the trainer's logprobs under the sampling weights: from the rollout when the
-    # update takes several optimizer steps; on-policy (one step) training_step fills it from the
-    # first forward pass, which then scores the same weights.
+    # [N, T] pi_old, the trainer's logprobs under the sampling weights, from the rollout when the
+    # update takes several optimizer steps; None on-policy (one step), where the update's first
+    # forward pass scores the same weights (its UpdateResult.old_logprobs).
     old_logprobs: torch.Tensor | None = None
     sampler_logprobs: torch.Tensor | None = None  # [N, T] the engine's (make_experience: always)
     ref_logprobs: torch.Tensor | None = None  # [N, T] pi_ref; None without a reference

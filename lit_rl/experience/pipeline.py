@@ -1,4 +1,4 @@
-"""The experience pipeline: generate -> score -> logprobs and values -> shaping -> advantages."""
+"""The experience pipeline: sample -> reward -> logprobs and values -> shaping -> advantages."""
 
 import time
 from typing import Any
@@ -11,7 +11,7 @@ from lit_rl.experience.estimators import AdvantageInputs
 from lit_rl.experience.experience import Experience
 from lit_rl.experience.steps import stopped_at_eos, token_step_ends
 from lit_rl.models import Sequences
-from lit_rl.rollout import GenerationRequest
+from lit_rl.rewards import call_reward
 
 PromptBatch = dict[str, Any]  # input_ids/attention_mask [B, P] (left padded), fields: B-lists
 
@@ -22,82 +22,77 @@ def make_experience(
 ) -> tuple[Experience, dict[str, float]]:
     """Sample G completions per prompt of ``batch`` and turn them into an ``Experience``.
 
-    Returns the experience and the seconds each phase took (``generation``, ``scoring``,
+    Returns the experience and the seconds each phase took (``generation``, ``reward``,
     ``logprobs``, ``advantages``). ``where`` names the batch in error messages.
     """
     spec = module.experience_spec()
+    sampler = module.sampler
     group_size = spec.num_generations
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
-    # 1. Generate G completions per prompt (prompt-major rows), by the run's engine.
+    # 1. Sample G completions per prompt (prompt-major rows) with the current weights.
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-    generation = module.generate(
-        GenerationRequest(
-            prompt_ids,
-            prompt_mask,
-            group_size,
-            spec.sampling,
-            spec.pad_token_id,
-            spec.eos_token_ids,
-        )
-    )
-    completion_ids = generation.completion_ids
-    completion_mask, completions = module.decode_completions(completion_ids)
+    sampled = sampler.sample(prompt_ids, prompt_mask, group_size, version=module.global_step)
+    completion_ids, completion_mask, completions = sampled.ids, sampled.mask, sampled.texts
     seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
 
-    # 2. Score: outcome rewards [N], and step rewards [N, S] from a process reward.
+    # 2. Reward: outcome rewards [N], and step rewards [N, S] from a process reward.
     fields = {  # dataset fields, repeated so that row i describes completion i
         key: [v for v in values for _ in range(group_size)]
         for key, values in batch.items()
         if isinstance(values, list)
     }
-    reward = module.score(fields["prompt"], completions, fields, where)
+    reward = call_reward(module.reward, fields["prompt"], completions, fields, where)
     device = prompt_ids.device
     rewards = reward.total.to(device)
     components = dict(reward.components)
-    stopped = stopped_at_eos(completion_ids, completion_mask, spec.eos_token_ids)  # [N]
-    if spec.overlong_buffer_length > 0:  # DAPO's soft overlong punishment, in the reward
+    stopped = stopped_at_eos(completion_ids, completion_mask, sampler.eos_token_ids)  # [N]
+    overlong = spec.overlong
+    if overlong.buffer_length > 0:  # DAPO's soft overlong punishment, in the reward
         penalty = overlong_penalty(
             completion_mask.sum(dim=1),
-            spec.sampling.max_new_tokens,
-            spec.overlong_buffer_length,
-            spec.overlong_penalty_factor,
+            sampler.sampling.max_new_tokens,
+            overlong.buffer_length,
+            overlong.penalty_factor,
         ).to(rewards.dtype)
         rewards = rewards + penalty
         components["overlong_penalty"] = penalty
     step_rewards = None if reward.step_rewards is None else reward.step_rewards.to(device)
     step_ends = None
     if reward.step_ends is not None:
-        decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         step_ends = token_step_ends(
             completion_ids.cpu(),
             completion_mask.cpu(),
             reward.step_ends.cpu(),
             completions,
             stopped.cpu(),
-            decode,
+            sampler.decode,
         ).to(device)
-    seconds["scoring"], start = time.perf_counter() - start, time.perf_counter()
+    seconds["reward"], start = time.perf_counter() - start, time.perf_counter()
 
     # 3. Log-probabilities under pi_old and pi_ref, values under the critic.
     input_ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)
     attention_mask = torch.cat(
         [prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1
     )
-    scores = module.score_tokens(Sequences(input_ids, attention_mask, completion_ids.shape[1]))
+    scored = module.logprobs_and_values(
+        Sequences(input_ids, attention_mask, completion_ids.shape[1])
+    )
     seconds["logprobs"], start = time.perf_counter() - start, time.perf_counter()
 
     # 4. Shaping: the outcome on the last token, the KL to the reference folded in if asked.
     kl = None
     if spec.kl_coef > 0:
-        if scores.old_logprobs is None or scores.ref_logprobs is None:
-            raise ValueError("KL in the reward needs old and reference logprobs from score_tokens")
-        kl = kl_penalty(scores.old_logprobs, scores.ref_logprobs, spec.kl_estimator)
+        if scored.old_logprobs is None or scored.ref_logprobs is None:
+            raise ValueError(
+                "KL in the reward needs old and reference logprobs from logprobs_and_values"
+            )
+        kl = kl_penalty(scored.old_logprobs, scored.ref_logprobs, spec.kl_estimator)
     token_rewards = token_level_rewards(rewards, completion_mask, kl, spec.kl_coef)
 
     # 5. Advantages (and value targets) from the chosen estimator.
-    if spec.estimator.needs_values and scores.values is None:
+    if spec.estimator.needs_values and scored.values is None:
         raise ValueError(
             f"{type(spec.estimator).__name__} needs values, but the module has no critic"
         )
@@ -107,7 +102,7 @@ def make_experience(
             token_rewards=token_rewards,
             completion_mask=completion_mask,
             group_size=group_size,
-            values=scores.values,
+            values=scored.values,
             step_rewards=step_rewards,
             step_ends=step_ends,
         )
@@ -121,10 +116,10 @@ def make_experience(
         token_rewards=token_rewards,
         advantages=advantages,
         returns=returns,
-        old_logprobs=scores.old_logprobs,
-        sampler_logprobs=generation.logprobs,
-        ref_logprobs=scores.ref_logprobs,
-        values=scores.values,
+        old_logprobs=scored.old_logprobs,
+        sampler_logprobs=sampled.logprobs,
+        ref_logprobs=scored.ref_logprobs,
+        values=scored.values,
         kl=kl,
         step_rewards=step_rewards,
         step_ends=step_ends,
@@ -132,9 +127,9 @@ def make_experience(
         prompts=fields["prompt"],
         completions=completions,
         # DAPO's overlong filtering: a truncated completion's tokens leave the loss.
-        loss_excluded=~stopped if spec.mask_truncated_completions else None,
+        loss_excluded=~stopped if overlong.mask_truncated_completions else None,
         group_size=group_size,
-        weights_version=generation.weights_version,
-        weights_fingerprint=generation.weights_fingerprint,
+        weights_version=sampled.weights_version,
+        weights_fingerprint=sampled.weights_fingerprint,
     )
     return experience, seconds

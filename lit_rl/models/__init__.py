@@ -10,7 +10,7 @@ from lit_rl.models.loader import (
     load_tokenizer,
     resolve_model_path,
 )
-from lit_rl.models.lora import apply_lora, lora_config_dict, merged_state_dict
+from lit_rl.models.lora import apply_lora, merged_state_dict
 from lit_rl.models.policy_models import ModelRecipe, PolicyModels, completion_logprobs
 from lit_rl.models.reference import frozen_copy, reference_model
 from lit_rl.models.sequences import Sequences, position_ids_from_mask
@@ -43,7 +43,6 @@ __all__ = [
     "frozen_copy",
     "load_model",
     "load_tokenizer",
-    "lora_config_dict",
     "merged_state_dict",
     "position_ids_from_mask",
     "reference_model",

@@ -1,8 +1,5 @@
 """LoRA adapters (peft) on a causal LM, and merging them into plain weights."""
 
-from enum import Enum
-from typing import Any
-
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import Linear as LoraLinear
@@ -34,19 +31,6 @@ def check_lora_targets(model: nn.Module, config: LoraConfig) -> None:
             f"LoRA target_modules {unmatched} match no module of the model; its linear layers "
             f"are {linear}: target those names, or all-linear"
         )
-
-
-def lora_config_dict(config: LoraConfig) -> dict[str, Any]:
-    """``config`` in plain types (no enums or sets), so a checkpoint's hyperparameters load
-    with ``torch.load(weights_only=True)``; ``LoraConfig(**d)`` rebuilds it."""
-    plain = {}
-    for key, value in config.to_dict().items():
-        if isinstance(value, Enum):
-            value = value.value
-        elif isinstance(value, set):
-            value = sorted(value)
-        plain[key] = value
-    return plain
 
 
 def lora_layers(model: PeftModel) -> list[LoraLayer]:

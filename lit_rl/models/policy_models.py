@@ -152,6 +152,10 @@ class PolicyModels(nn.Module):
             raise ValueError("these models have no critic: build them with a critic")
         return values[:, -(sequences.num_completion_tokens + 1) : -1]
 
+    @property
+    def has_critic(self) -> bool:
+        return self.value_model is not None or self.value_head is not None
+
     def critic_parameters(self) -> list[nn.Parameter]:
         if self.value_model is not None:
             return list(self.value_model.parameters())

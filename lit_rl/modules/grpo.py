@@ -3,8 +3,6 @@
 import dataclasses
 from typing import Any
 
-import torch
-
 from lit_rl.algorithms import (
     ImportanceSamplingLevel,
     KLEstimator,
@@ -13,8 +11,9 @@ from lit_rl.algorithms import (
     grpo_loss,
     masked_mean,
 )
-from lit_rl.experience import AdvantageEstimator, Experience, ExperienceSpec, GroupNormalized
-from lit_rl.modules.base import PolicyModule, check_estimator
+from lit_rl.experience import AdvantageEstimator, Experience, GroupNormalized, check_estimator
+from lit_rl.modules.base import PolicyModule
+from lit_rl.update import MicroBatchLoss
 
 
 class GRPOModule(PolicyModule):
@@ -106,21 +105,21 @@ class GRPOModule(PolicyModule):
         self.epsilon_high = epsilon_high
         self.loss_type = loss_type
         self.importance_sampling_level = importance_sampling_level
-        self.loss_aggregation = aggregation_of(loss_type)
-        self.update_epochs = num_iterations
-        if beta > 0 or kl_coef > 0:
-            self.use_reference()
-
-    def experience_spec(self) -> ExperienceSpec:
-        return dataclasses.replace(
-            super().experience_spec(), kl_coef=self.kl_coef, kl_estimator=self.kl_estimator
+        self.policy_update.plan = dataclasses.replace(
+            self.policy_update.plan, epochs=num_iterations, aggregation=aggregation_of(loss_type)
         )
+        if beta > 0 or kl_coef > 0:  # pi_ref: the adapters off under LoRA, else a frozen copy
+            self.model_recipe = dataclasses.replace(self.model_recipe, reference=True)
 
-    def accumulate_gradients(
-        self, micro: Experience, weight: float
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def accumulate_gradients(self, micro: Experience, weight: float) -> MicroBatchLoss:
+        """DeepSeekMath Eq. 3 on one micro-batch: per-token clipped ratio to pi_old, minus
+        beta x the KL to pi_ref, averaged as ``loss_type`` says; backward ``weight`` x it."""
         logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
+        # On-policy (one optimizer step) pi_old is pi itself, detached: the ratio is 1.
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        correction = self.sampler_correction.weights(
+            old_logprobs, micro.sampler_logprobs, micro.completion_mask
+        )
         loss, stats = grpo_loss(
             logprobs,
             old_logprobs,
@@ -131,15 +130,13 @@ class GRPOModule(PolicyModule):
             epsilon_high=self.epsilon_high,
             beta=self.beta,
             loss_type=self.loss_type,
-            sampler_weights=self.sampler_weights(micro, old_logprobs),
+            sampler_weights=correction,
             kl_estimator=self.loss_kl_estimator,
             importance_sampling_level=self.importance_sampling_level,
             max_completion_length=self.sampling.max_new_tokens,
         )
         self.manual_backward(loss * weight)
-        stats = {
-            "loss": loss.detach(),
-            "entropy": masked_mean(entropy, micro.loss_mask),
-            **stats,
-        }
-        return stats, logprobs.detach()
+        entropy = masked_mean(entropy, micro.loss_mask)
+        return MicroBatchLoss(
+            {"loss": loss.detach(), "entropy": entropy, **stats}, logprobs.detach()
+        )

@@ -9,15 +9,17 @@ import torch
 from lit_rl.algorithms import (
     AdaptiveKLController,
     KLEstimator,
+    all_reduce_sum,
     explained_variance,
     masked_mean,
     ppo_policy_loss,
     value_loss,
 )
-from lit_rl.experience import GAE, AdvantageEstimator, Experience, ExperienceSpec, TokenScores
-from lit_rl.models import Sequences
-from lit_rl.modules.base import PolicyModule, check_estimator
+from lit_rl.errors import check_settings
+from lit_rl.experience import GAE, AdvantageEstimator, Experience, check_estimator
+from lit_rl.modules.base import PolicyModule
 from lit_rl.state import require_keys
+from lit_rl.update import MicroBatchLoss
 
 
 class PPOModule(PolicyModule):
@@ -78,7 +80,8 @@ class PPOModule(PolicyModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        checks = [
+        check_settings(
+            "PPOModule",
             (0 < epsilon < 1, f"epsilon must be in (0, 1), got {epsilon}"),
             (
                 epsilon_high is None or epsilon_high > 0,
@@ -96,10 +99,7 @@ class PPOModule(PolicyModule):
                 value_learning_rate is None or value_learning_rate > 0,
                 f"value_learning_rate must be > 0, got {value_learning_rate}",
             ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"PPOModule: {message}")
+        )
         estimator = advantage_estimator or GAE()
         check_estimator(estimator, self.num_generations, kl_coef)
         self.advantage_estimator = estimator
@@ -107,63 +107,52 @@ class PPOModule(PolicyModule):
         self.epsilon_high = epsilon_high
         self.cliprange_value = cliprange_value
         self.vf_coef = vf_coef
-        self.update_epochs = ppo_epochs
-        self.loss_aggregation = "token_mean"  # both losses average over counted tokens
+        # Both losses average over counted tokens.
+        self.policy_update.plan = dataclasses.replace(
+            self.policy_update.plan, epochs=ppo_epochs, aggregation="token_mean"
+        )
         self.kl_estimator = kl_estimator
         self.kl_controller = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
         self.beta = beta
         self.loss_kl_estimator = loss_kl_estimator
-        if kl_coef > 0 or beta > 0:
-            self.use_reference()
         self.value_learning_rate = value_learning_rate
-        if estimator.needs_values:
-            if value_model is None and self.lora is None:
-                raise ValueError(
-                    "PPOModule's critic is a value adapter on the policy's backbone, which "
-                    "needs LoRA: set lora, or name a separate value_model (a model name or "
-                    "directory)"
-                )
-            self.critic = "adapter" if value_model is None else value_model
+        recipe = self.model_recipe
+        if estimator.needs_values and value_model is None and recipe.lora is None:
+            raise ValueError(
+                "PPOModule's critic is a value adapter on the policy's backbone, which "
+                "needs LoRA: set lora, or name a separate value_model (a model name or "
+                "directory)"
+            )
+        self.model_recipe = dataclasses.replace(
+            recipe,
+            reference=kl_coef > 0 or beta > 0,  # pi_ref: the adapters off, or a frozen copy
+            critic=(value_model or "adapter") if estimator.needs_values else None,
+        )
 
-    # ---- the critic ------------------------------------------------------------------------
-
-    def completion_values(self, sequences: Sequences) -> torch.Tensor:  # [N, T] float32
-        """``V(s_t)`` before each completion token (``PolicyModels.values``)."""
-        return self._built_models().values(sequences)
+    @property
+    def kl_coef(self) -> float:
+        """The KL coefficient of the next rollout, as the controller has adapted it."""
+        return self.kl_controller.coef
 
     def trainable_parameter_groups(self) -> list[dict[str, Any]]:
-        if self.critic is None:
-            return super().trainable_parameter_groups()
         models = self._built_models()
+        if not models.has_critic:
+            return super().trainable_parameter_groups()
         value_group: dict[str, Any] = {"params": models.critic_parameters()}
         if self.value_learning_rate is not None:
             value_group["lr"] = self.value_learning_rate
         return [{"params": models.policy_parameters()}, value_group]
 
-    # ---- the ExperienceModule contract ------------------------------------------------------
-
-    def experience_spec(self) -> ExperienceSpec:
-        return dataclasses.replace(
-            super().experience_spec(),
-            kl_coef=self.kl_controller.coef,
-            kl_estimator=self.kl_estimator,
-        )
-
-    @torch.no_grad()
-    def score_tokens(self, sequences: Sequences) -> TokenScores:
-        scores = super().score_tokens(sequences)
-        if self.critic is None:
-            return scores
-        return dataclasses.replace(scores, values=self.completion_values(sequences))
-
-    # ---- the update ------------------------------------------------------------------------
-
-    def accumulate_gradients(
-        self, micro: Experience, weight: float
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def accumulate_gradients(self, micro: Experience, weight: float) -> MicroBatchLoss:
+        """The clipped surrogate on one micro-batch (and the clipped value loss with a
+        critic), each backward ``weight`` x it."""
         mask = micro.loss_mask
         logprobs, entropy = self.policy_logprobs(micro.sequences, with_entropy=True)
+        # On-policy (one optimizer step) pi_old is pi itself, detached: the ratio is 1.
         old_logprobs = micro.old_logprobs if micro.old_logprobs is not None else logprobs.detach()
+        correction = self.sampler_correction.weights(
+            old_logprobs, micro.sampler_logprobs, micro.completion_mask
+        )
         policy_loss, policy_stats = ppo_policy_loss(
             logprobs,
             old_logprobs,
@@ -171,7 +160,7 @@ class PPOModule(PolicyModule):
             mask,
             self.epsilon,
             self.epsilon_high,
-            sampler_weights=self.sampler_weights(micro, old_logprobs),
+            sampler_weights=correction,
             ref_logprobs=micro.ref_logprobs,
             beta=self.beta,
             kl_estimator=self.loss_kl_estimator,
@@ -185,8 +174,8 @@ class PPOModule(PolicyModule):
             "entropy": masked_mean(entropy, mask),
             **policy_stats,
         }
-        if self.critic is not None:
-            values = self.completion_values(micro.sequences)
+        if self._built_models().has_critic:
+            values = self._built_models().values(micro.sequences)
             critic_loss, value_stats = value_loss(
                 values, micro.values, micro.returns, mask, self.cliprange_value
             )
@@ -196,9 +185,9 @@ class PPOModule(PolicyModule):
                 "value_loss": critic_loss.detach(),
                 **value_stats,
             }
-        return stats, logprobs.detach()
+        return MicroBatchLoss(stats, logprobs.detach())
 
-    def on_experience_used(self, experience: Experience) -> None:
+    def after_update(self, experience: Experience) -> None:
         mask = experience.completion_mask
         if experience.values is not None:
             self.log(
@@ -210,8 +199,8 @@ class PPOModule(PolicyModule):
             )
         if experience.kl is not None:
             # The controller adapts to the KL of the global batch: every process's sequences.
-            kl_sum = torch.stack([(experience.kl * mask).sum(), torch.tensor(len(experience))])
-            kl_sum = self.trainer.strategy.reduce(kl_sum.float(), reduce_op="sum")
+            kl = (experience.kl * mask).sum()
+            kl_sum = all_reduce_sum(torch.stack([kl, kl.new_tensor(len(experience))]).float())
             num_sequences = int(kl_sum[1])
             self.kl_controller.update(float(kl_sum[0]) / num_sequences, num_sequences)
 

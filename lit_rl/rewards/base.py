@@ -1,10 +1,17 @@
-"""The Reward protocol, its output, output validation, and a wrapper for plain functions."""
+"""What a reward returns, how it is called and checked, and a wrapper for plain functions.
+
+A reward is any callable ``reward(prompts, completions, batch) -> RewardOutput`` (``RewardFn``):
+``prompts[i]`` produced ``completions[i]``; ``batch[key][i]`` is that prompt's dataset field
+``key`` (e.g. the reference ``"answer"``).
+"""
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
+from lit_rl.errors import is_input_error
 
 # Per-rollout dataset fields, each a list of N values (the prompt's fields repeated G times).
 Batch = dict[str, list[Any]]
@@ -28,16 +35,6 @@ class RewardOutput:
 
 
 @runtime_checkable
-class Reward(Protocol):
-    """Scores N completions. ``prompts[i]`` produced ``completions[i]``; ``batch[key][i]`` is
-    that prompt's dataset field ``key`` (e.g. the reference ``"answer"``)."""
-
-    def __call__(
-        self, prompts: list[str], completions: list[str], batch: Batch
-    ) -> RewardOutput: ...
-
-
-@runtime_checkable
 class ReadsFields(Protocol):
     """A reward that reads dataset fields by name (e.g. the reference answer): training checks
     them against the first batch before any model loads, instead of failing at the first
@@ -51,14 +48,44 @@ def reward_fields(reward: object) -> list[str]:
     return reward.fields() if isinstance(reward, ReadsFields) else []
 
 
-# What configuration accepts as a reward: any callable of the Reward shape. jsonargparse checks
-# a Protocol by exact annotations, which would refuse a user's reward written without type
-# hints; a Callable type accepts any class_path whose instances are callable.
+# What configuration accepts as a reward. A Callable, not a Protocol: jsonargparse checks a
+# Protocol by exact annotations, which would refuse a user's reward written without type hints;
+# a Callable type accepts any class_path whose instances are callable.
 RewardFn = Callable[[list[str], list[str], Batch], RewardOutput]
 
 
 def reward_name(reward: object) -> str:
     return getattr(reward, "name", None) or type(reward).__name__
+
+
+def check_reward_fields(reward: object, batch: dict[str, Any]) -> None:
+    """The dataset fields ``reward`` reads (``ReadsFields``) must be in ``batch``, a training
+    batch: checked before any model loads, not at the first rollout."""
+    missing = [name for name in reward_fields(reward) if name not in batch]
+    if missing:
+        columns = sorted(key for key, value in batch.items() if isinstance(value, list))
+        raise KeyError(
+            f"reward '{reward_name(reward)}' reads the dataset field(s) {missing}, but "
+            f"the training batches have {columns}: name the right column in the "
+            "reward's settings (e.g. MathCorrectness answer_field), or add it to the data"
+        )
+
+
+def call_reward(
+    reward: RewardFn, prompts: list[str], completions: list[str], batch: Batch, where: str
+) -> RewardOutput:
+    """``reward`` on N completions, its output checked (``check_reward_output``). ``where``
+    names the batch in errors: a user's reward that fails is named with it (its traceback
+    kept), lit_rl's own rewards refusing their input say it all themselves."""
+    try:
+        output = reward(prompts, completions, batch)
+    except Exception as error:
+        if is_input_error(error):
+            raise
+        raise RuntimeError(
+            f"reward '{reward_name(reward)}' raised {type(error).__name__} on {where}: {error}"
+        ) from error
+    return check_reward_output(output, reward, len(completions), where)
 
 
 def as_reward_tensor(values: Sequence[float] | torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Rollout engines behind one interface with a lifecycle, and the check of what they sample."""
 
 from lit_rl.rollout.check import LogprobCheck, SamplerMismatchError, SamplerMismatchWarning
+from lit_rl.rollout.completions import Completions, CompletionSampler, WholeWeights
 from lit_rl.rollout.default import default_engine
 from lit_rl.rollout.engine import (
     NOT_SYNCED,
@@ -18,6 +19,8 @@ from lit_rl.rollout.vllm_engine import VLLMEngine
 
 __all__ = [
     "NOT_SYNCED",
+    "CompletionSampler",
+    "Completions",
     "EngineSession",
     "Generation",
     "GenerationRequest",
@@ -31,6 +34,7 @@ __all__ = [
     "SamplingParams",
     "StaleWeightsError",
     "VLLMEngine",
+    "WholeWeights",
     "completion_mask_from_eos",
     "default_engine",
     "trained_weights",

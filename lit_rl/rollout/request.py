@@ -12,10 +12,20 @@ class SamplingParams:
     nothing else (no repetition penalty, top-k or min-p from a checkpoint's
     ``generation_config``), so the loss scores the distribution that was sampled."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # a module's max_completion_length
     temperature: float = 1.0
     top_p: float = 1.0
     do_sample: bool = True  # False = greedy (evaluation)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(
+                f"max_completion_length (max_new_tokens) must be >= 1, got {self.max_new_tokens}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass(frozen=True)

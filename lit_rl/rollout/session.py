@@ -25,7 +25,6 @@ class EngineSession:
         self.engine = engine
         self.sampling = sampling
         self.is_setup = False
-        self.num_syncs = 0
 
     def generate(self, policy: nn.Module, request: GenerationRequest, version: int) -> Generation:
         """Sample ``request`` with ``policy``'s weights at ``version`` (whole weights: under
@@ -61,7 +60,6 @@ class EngineSession:
                 f"{expected:.9g}) but reports version {engine.weights_version} with fingerprint "
                 f"{reported:.9g}: the sync did not reach the engine"
             )
-        self.num_syncs += 1
 
     def close(self) -> None:
         if self.is_setup:

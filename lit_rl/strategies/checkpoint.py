@@ -2,6 +2,8 @@
 
 from typing import Any
 
+from torch import nn
+
 OptimizerState = dict[str, Any]  # torch.optim.Optimizer.state_dict(): "state", "param_groups"
 
 
@@ -51,3 +53,24 @@ def optimizer_state_by_position(state: OptimizerState, names: list[str]) -> Opti
 
 def _keyed_by_position(state: OptimizerState) -> bool:
     return all(isinstance(p, int) for group in state["param_groups"] for p in group["params"])
+
+
+def parameter_names(module: nn.Module, parameter_groups: list[dict[str, Any]]) -> list[str]:
+    """The names in ``module`` of the parameters of an optimizer over ``parameter_groups``, in
+    the optimizer's order."""
+    names = {id(p): name for name, p in module.named_parameters()}
+    return [names[id(p)] for group in parameter_groups for p in group["params"]]
+
+
+def name_optimizer_states(checkpoint: dict[str, Any], names: list[str]) -> None:
+    """Key a Lightning checkpoint's optimizer states by parameter name (``names``, in the
+    optimizer's order), in place: it then resumes at another number of processes."""
+    states = checkpoint.get("optimizer_states", [])
+    checkpoint["optimizer_states"] = [optimizer_state_by_name(s, names) for s in states]
+
+
+def number_optimizer_states(checkpoint: dict[str, Any], names: list[str]) -> None:
+    """The inverse of ``name_optimizer_states``, in place, for ``Optimizer.load_state_dict``:
+    one process (or DDP) loads by position; FSDP2 loads its optimizer states itself."""
+    states = checkpoint.get("optimizer_states", [])
+    checkpoint["optimizer_states"] = [optimizer_state_by_position(s, names) for s in states]

@@ -5,7 +5,12 @@ import math
 import pytest
 import torch
 
-from lit_rl.algorithms import grpo_loss, sampler_correction_weights, sampler_mismatch
+from lit_rl.algorithms import (
+    SamplerCorrection,
+    grpo_loss,
+    sampler_correction_weights,
+    sampler_mismatch,
+)
 
 MASK = torch.tensor([[True, True, False], [True, True, True]])
 TRAINER = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, -1.5, -3.0]])
@@ -43,6 +48,15 @@ def test_correction_weights_hand_values():
     torch.testing.assert_close(weights["sequence_mask"], torch.tensor([[1.0, 1, 0], [1, 1, 1]]))
     with pytest.raises(ValueError, match="unknown sampler correction 'tis'"):
         sampler_correction_weights(TRAINER, sampler, MASK, "tis")
+
+
+def test_the_setting_gives_its_modes_weights_and_none_without_a_correction():
+    sampler = TRAINER - torch.log(torch.tensor([[3.0, 0.25, 7.0], [1.0, 1.5, 0.4]]))
+    assert SamplerCorrection().weights(TRAINER, sampler, MASK) is None
+    weights = SamplerCorrection("token_tis", high=1.2).weights(TRAINER, sampler, MASK)
+    torch.testing.assert_close(weights, torch.tensor([[1.2, 0.25, 0], [1, 1.2, 0.4]]))
+    with pytest.raises(ValueError, match="needs the engine's logprobs in the Experience"):
+        SamplerCorrection("token_mask").weights(TRAINER, None, MASK)
 
 
 def test_grpo_loss_weights_the_surrogate_not_the_kl():

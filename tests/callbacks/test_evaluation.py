@@ -1,4 +1,5 @@
-"""EvaluationCallback and the module's evaluation on the run's engine."""
+"""The held-out evaluation through the Trainer, on an engine whose answers are scripted: greedy
+accuracy, pass@1, pass@n and maj@n equal the values worked out by hand, and the table prints."""
 
 import logging
 
@@ -10,21 +11,78 @@ from lit_rl.callbacks import EvaluationCallback, RolloutCallback
 from lit_rl.data import PromptDataModule
 from lit_rl.evaluation import EvaluationPlan
 from lit_rl.modules import GRPOModule
-from lit_rl.rollout import GenerationRequest, SamplingParams
+from lit_rl.rewards import FunctionReward
+from lit_rl.rollout import Generation, GenerationRequest, InProcessEngine, LogprobCheck
 from tests.conftest import tiny_module_args
 
+N = 3  # samples per problem
 
-def _fit(tiny_model_dir, callbacks, steps=2):
-    torch.manual_seed(0)
-    module = GRPOModule(
-        **tiny_module_args(tiny_model_dir, evaluation=EvaluationPlan(num_samples=3))
-    )
+
+class ScriptedEngine(InProcessEngine):
+    """Answers each prompt with text fixed in advance: ``script[question]`` is the greedy
+    answer and the N sampled ones (a prompt not in it, "0" every time). Completions are the
+    answers' tokens, then an EOS."""
+
+    name = "ScriptedEngine"
+
+    def __init__(self, tokenizer, script: dict[str, tuple[str, list[str]]]) -> None:
+        super().__init__()
+        self.tokenizer, self.script = tokenizer, script
+
+    def generate(self, request: GenerationRequest) -> Generation:
+        rows = []
+        for ids, mask in zip(request.prompt_ids, request.prompt_mask.bool(), strict=True):
+            prompt = self.tokenizer.decode(ids[mask])
+            scripted = [a for q, a in self.script.items() if q in prompt]
+            if not scripted:  # a training prompt
+                answers = ["0"] * request.num_generations
+            else:
+                greedy, samples = scripted[0]
+                answers = samples if request.sampling.do_sample else [greedy]
+                assert len(answers) == request.num_generations
+            rows += [self.tokenizer(a).input_ids + [request.eos_token_ids[0]] for a in answers]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), request.pad_token_id)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return self.answer(ids, torch.zeros(ids.shape))
+
+
+def exact_answer(prompts, completions, batch):
+    return [float(c.strip() == str(a)) for c, a in zip(completions, batch["answer"], strict=True)]
+
+
+def _setup(tiny_model_dir):
+    """A module and 5 held-out problems; problem k: greedy right iff k is even, c_k = k % 4
+    of its N samples right (they come first), the others answer answer + 1."""
     data = PromptDataModule(
         tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, num_val=5, val_batch_size=2
     )
-    trainer = Trainer(
+    data.setup("validate")
+    script, expected = {}, []
+    for k, row in enumerate(data.val_rows):
+        right, wrong = str(row["answer"]), str(int(row["answer"]) + 1)
+        correct = min(k % 4, N)
+        script[row["question"]] = (
+            right if k % 2 == 0 else wrong,
+            [right] * correct + [wrong] * (N - correct),
+        )
+        expected.append((k % 2 == 0, correct, len(right if k % 2 == 0 else wrong) + 1))
+    module = GRPOModule(
+        **tiny_module_args(
+            tiny_model_dir,
+            reward=FunctionReward(exact_answer, name="exact"),
+            evaluation=EvaluationPlan(num_samples=N),
+        )
+    )
+    module.engine = ScriptedEngine(module.tokenizer, script)
+    return module, data, expected
+
+
+def _trainer(callbacks, steps=2):
+    return Trainer(
         max_steps=steps,
-        callbacks=[RolloutCallback(), *callbacks],
+        callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -33,40 +91,66 @@ def _fit(tiny_model_dir, callbacks, steps=2):
         check_val_every_n_epoch=None,
         val_check_interval=1000,  # never on the way: only the callback's last evaluation
     )
-    trainer.fit(module, data)
-    return trainer, module, data
 
 
-def test_the_last_evaluation_scores_the_final_weights_and_prints_the_table(tiny_model_dir, caplog):
+def test_the_evaluation_gives_the_scripted_answers_scores(tiny_model_dir, caplog):
+    module, data, expected = _setup(tiny_model_dir)
     with caplog.at_level(logging.INFO):
-        trainer, module, data = _fit(tiny_model_dir, [EvaluationCallback()])
-    logged = trainer.callback_metrics
-    names = {"greedy_accuracy", "reward", "completion_len", "pass@1", "pass@3", "maj@3"}
-    assert {f"val/{name}" for name in names} <= set(logged)
-    assert 0 <= logged["val/pass@1"] <= logged["val/pass@3"] <= 1
-    # Greedy accuracy recomputed by hand with the final weights, through the same engine.
-    correct = []
-    for batch in data.val_dataloader():
-        greedy = SamplingParams(module.sampling.max_new_tokens, do_sample=False)
-        request = GenerationRequest(
-            batch["input_ids"],
-            batch["attention_mask"],
-            1,
-            greedy,
-            module.tokenizer.pad_token_id,
-            tuple(module.eos_token_ids),
-        )
-        _, texts = module.decode_completions(module.generate(request).completion_ids)
-        fields = {k: v for k, v in batch.items() if isinstance(v, list)}
-        correct += (module.score(batch["prompt"], texts, fields, "check").total >= 1.0).tolist()
-    assert logged["val/greedy_accuracy"].item() == pytest.approx(sum(correct) / len(correct))
+        (logged,) = _trainer([EvaluationCallback()]).validate(module, data)
+    greedy = [g for g, _, _ in expected]
+    correct = [c for _, c, _ in expected]
+    assert logged["val/greedy_accuracy"] == pytest.approx(sum(greedy) / 5)  # 3 of 5
+    assert logged["val/reward"] == pytest.approx(sum(greedy) / 5)
+    assert logged["val/completion_len"] == pytest.approx(sum(n for *_, n in expected) / 5)
+    assert logged["val/pass@1"] == pytest.approx(sum(c / N for c in correct) / 5)
+    assert logged[f"val/pass@{N}"] == pytest.approx(sum(c > 0 for c in correct) / 5)
+    # maj@N: the answer given by most samples (right ones vote for the answer, wrong ones
+    # for answer + 1) is right when at least 2 of the 3 samples are.
+    assert logged[f"val/maj@{N}"] == pytest.approx(sum(c >= 2 for c in correct) / 5)
+    table = next(r.getMessage() for r in caplog.records if "lit_rl evaluation" in r.getMessage())
+    assert "lit_rl evaluation (0 optimizer steps)" in table
+    assert f"greedy_accuracy  {0.6:>10.4f}" in table
+
+
+def test_the_last_evaluation_runs_when_training_ends_and_prints_the_table(tiny_model_dir, caplog):
+    torch.manual_seed(0)
+    module, data, _ = _setup(tiny_model_dir)
+    rollout = RolloutCallback(LogprobCheck(enabled=False))  # scripted logprobs are 0
+    with caplog.at_level(logging.INFO):
+        trainer = _trainer([rollout, EvaluationCallback()])
+        trainer.fit(module, data)
+    assert trainer.global_step == 2
+    assert trainer.callback_metrics["val/greedy_accuracy"] == pytest.approx(0.6)
     table = next(
         r.getMessage() for r in caplog.records if "lit_rl evaluation after" in r.getMessage()
     )
     assert "lit_rl evaluation after 2 optimizer steps" in table
-    assert f"greedy_accuracy  {logged['val/greedy_accuracy'].item():>10.4f}" in table
 
 
 def test_without_the_callback_no_last_evaluation_runs(tiny_model_dir):
-    trainer, _, _ = _fit(tiny_model_dir, [])
+    module, data, _ = _setup(tiny_model_dir)
+    trainer = _trainer([RolloutCallback(LogprobCheck(enabled=False))])
+    trainer.fit(module, data)
     assert "val/greedy_accuracy" not in trainer.callback_metrics
+
+
+def test_one_batch_without_a_trainer_by_hand(tiny_model_dir):
+    # evaluate_batch alone: a sampler over the scripted engine and the reward, per problem.
+    from lit_rl.evaluation import evaluate_batch
+    from lit_rl.models import load_model
+    from lit_rl.rollout import CompletionSampler, SamplingParams
+
+    module, data, expected = _setup(tiny_model_dir)
+    sampler = CompletionSampler(
+        module.engine,
+        load_model(str(tiny_model_dir)),
+        module.tokenizer,
+        (module.tokenizer.eos_token_id,),
+        SamplingParams(max_new_tokens=8),
+    )
+    batch = next(iter(data.val_dataloader()))  # problems 0 and 1
+    result = evaluate_batch(sampler, module.reward, batch, EvaluationPlan(N), 0, "batch 0")
+    assert result.greedy_correct.tolist() == [True, False]
+    assert result.greedy_length.tolist() == [n for *_, n in expected[:2]]
+    assert result.sample_correct.tolist() == [[False] * 3, [True, False, False]]
+    assert result.majority_correct.tolist() == [False, False]

@@ -28,7 +28,9 @@ def _module(tiny_model_dir, lora=True):
 def _logprobs(module, rollout):
     with torch.no_grad():
         sequences = rollout.sequences
-        return module.policy_logprobs(sequences)[0], module.reference_logprobs(sequences)
+        return module.policy_logprobs(sequences)[0], module.logprobs_and_values(
+            sequences
+        ).ref_logprobs
 
 
 @pytest.mark.parametrize("lora", [True, False])
@@ -37,7 +39,7 @@ def test_full_sync_makes_reference_equal_policy(tiny_model_dir, lora):
     rollout = make_rollout(module.tokenizer, ["abc", "a longer prompt", "x", "yy"])
     policy_before, ref_before = _logprobs(module, rollout)
     assert (policy_before - ref_before).abs().max() > 1e-3
-    ReferenceSyncCallback(ref_sync_steps=1, ref_sync_mixup_alpha=1.0).sync(module)
+    ReferenceSyncCallback(ref_sync_steps=1, ref_sync_mixup_alpha=1.0).sync(module.models)
     policy_after, ref_after = _logprobs(module, rollout)
     torch.testing.assert_close(policy_after, policy_before, rtol=0, atol=1e-5)  # policy unchanged
     torch.testing.assert_close(ref_after, policy_after, rtol=0, atol=1e-5)
@@ -54,7 +56,7 @@ def test_lora_mixup_merges_alpha_of_the_delta_and_resets_adapter_state(tiny_mode
     with torch.no_grad():
         delta_before = layer.get_delta_weight("default").detach().clone()
         base_before = layer.get_base_layer().weight.detach().clone()
-    ReferenceSyncCallback(ref_sync_mixup_alpha=0.25).sync(module, [optimizer])
+    ReferenceSyncCallback(ref_sync_mixup_alpha=0.25).sync(module.models, [optimizer])
     # reference = W + 0.25 dW; the adapter keeps 0.75 dW so the policy is still W + dW
     torch.testing.assert_close(layer.get_base_layer().weight, base_before + 0.25 * delta_before)
     torch.testing.assert_close(layer.get_delta_weight("default"), 0.75 * delta_before)
@@ -63,10 +65,10 @@ def test_lora_mixup_merges_alpha_of_the_delta_and_resets_adapter_state(tiny_mode
 
 def test_frozen_copy_mixup_is_a_lerp(tiny_model_dir):
     module = _module(tiny_model_dir, lora=False)
-    ref_before = [p.clone() for p in module.reference.parameters()]
-    ReferenceSyncCallback(ref_sync_mixup_alpha=0.5).sync(module)
+    ref_before = [p.clone() for p in module.models.reference.parameters()]
+    ReferenceSyncCallback(ref_sync_mixup_alpha=0.5).sync(module.models)
     for before, ref, policy in zip(
-        ref_before, module.reference.parameters(), module.policy.parameters(), strict=True
+        ref_before, module.models.reference.parameters(), module.policy.parameters(), strict=True
     ):
         torch.testing.assert_close(ref, 0.5 * before + 0.5 * policy)
 
@@ -96,7 +98,7 @@ def test_lora_sync_refuses_bf16_base_weights_that_would_change_the_policy(tiny_m
         merged = (base + 0.6 * delta.to(base.dtype)).float() - base.float()
         assert (merged - 0.6 * delta).abs().mean() > 0.05 * (0.6 * delta).abs().mean()
     with pytest.raises(ValueError, match="Set the module's dtype to float32"):
-        ReferenceSyncCallback().sync(module)
+        ReferenceSyncCallback().sync(module.models)
     # Refused when training starts, not at the first sync, through the Trainer's hook.
     with pytest.raises(ValueError, match="rounding discards part of the delta"):
         ReferenceSyncCallback().on_fit_start(None, module)

@@ -13,7 +13,7 @@ from lit_rl.callbacks.rollout import EVALUATION, seed_rollout
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FunctionReward
-from tests.conftest import rollout_trainer
+from tests.conftest import rollout_trainer, tiny_module_args
 
 
 def _fit_with_reward(tiny_model_dir, fn):
@@ -95,8 +95,8 @@ def test_callback_refuses_a_module_without_the_rollout_protocol():
     with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule") as err:
         RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")
     assert (
-        "lacks policy, tokenizer, engine, experience_spec, generate, decode_completions, score"
-        in str(err.value)
+        "lacks tokenizer, model_recipe, models, reward, handoff, sampler, experience_spec, "
+        "logprobs_and_values" in str(err.value)
     )
 
 
@@ -104,12 +104,14 @@ def test_policy_modules_have_every_protocol_member(tiny_model_dir):
     # The policy lives in nn.Module's _modules, where Python 3.12's static protocol lookup
     # (isinstance on a runtime_checkable Protocol) cannot see it: a GPU machine with 3.12
     # refused GRPOModule that way. The check must find every member.
-    from lit_rl.experience import missing_experience_members
+    from lit_rl.experience import ExperienceModule, PolicyOwner, missing_members
     from lit_rl.modules import GRPOModule, PPOModule
     from tests.conftest import tiny_module_args
 
     for module_class in (GRPOModule, PPOModule):
-        assert missing_experience_members(module_class(**tiny_module_args(tiny_model_dir))) == []
+        module = module_class(**tiny_module_args(tiny_model_dir))
+        assert missing_members(module, ExperienceModule) == []
+        assert missing_members(module, PolicyOwner) == []
 
 
 def test_a_foreign_rollout_state_names_what_is_missing():
@@ -117,3 +119,21 @@ def test_a_foreign_rollout_state_names_what_is_missing():
         KeyError, match="RolloutCallback cannot resume .* no num_rollouts, base_seed"
     ):
         RolloutCallback().load_state_dict({})
+
+
+def test_a_stop_iteration_from_the_engine_fails_the_run_instead_of_ending_the_epoch(
+    tiny_model_dir,
+):
+    # Lightning reads a StopIteration inside the loop as the end of the data: the epoch would
+    # end at once and the next one start, for ever (max_epochs=2 ends it here if it regresses).
+    from lit_rl.rollout import InProcessEngine
+
+    class Exhausted(InProcessEngine):
+        def generate(self, request):
+            return next(iter([]))
+
+    module = GRPOModule(**tiny_module_args(tiny_model_dir), engine=Exhausted())
+    data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=4, num_val=0)
+    trainer = Trainer(max_steps=1, max_epochs=2, logger=False, callbacks=[RolloutCallback()])
+    with pytest.raises(RuntimeError, match="StopIteration escaped the rollout of training batch 0"):
+        trainer.fit(module, data)

@@ -98,11 +98,11 @@ def test_concatenate_refuses_different_weights():
 def test_groups_with_equal_rewards_are_dropped_until_the_batch_is_full():
     sampling = DynamicSampling(max_draws=4)
     # Batch of 2 groups: [1, 0] has signal, [1, 1] has none.
-    first = sampling.offer(_experience([1.0, 0.0, 1.0, 1.0], 4, 3, seed=0), target=2)
-    assert (first.groups, first.dropped, first.kept_total, first.full) == (2, 1, 1, False)
+    sampling.offer(_experience([1.0, 0.0, 1.0, 1.0], 4, 3, seed=0))
+    assert (sampling.drawn_groups, sampling.dropped_groups, sampling.kept_groups) == (2, 1, 1)
     last = _experience([0.0, 0.0, 0.5, 1.0], 5, 4, seed=1)
-    second = sampling.offer(last, target=2)
-    assert second.full and sampling.drawn_groups == 4 and sampling.dropped_groups == 2
+    sampling.offer(last)
+    assert sampling.kept_groups == 2 and sampling.drawn_groups == 4 and sampling.dropped_groups == 2
     experience, filled = sampling.take(last, target=2, pad_token_id=PAD)
     assert filled == 0 and experience.rewards.tolist() == [1.0, 0.0, 0.5, 1.0]
     assert sampling.kept == [] and sampling.draws == 0  # emptied for the next batch
@@ -110,22 +110,22 @@ def test_groups_with_equal_rewards_are_dropped_until_the_batch_is_full():
 
 def test_at_the_cap_the_batch_is_completed_with_dropped_groups():
     sampling = DynamicSampling(max_draws=2)
-    sampling.offer(_experience([1.0, 1.0, 0.0, 0.0], 4, 3, seed=0), target=2)
+    sampling.offer(_experience([1.0, 1.0, 0.0, 0.0], 4, 3, seed=0))
     last = _experience([0.0, 1.0, 1.0, 1.0], 4, 3, seed=1)
-    sampling.offer(last, target=2)
+    sampling.offer(last)
     assert sampling.at_cap
     experience, filled = sampling.take(last, target=2, pad_token_id=PAD)
     assert filled == 1 and len(experience) == 4
     assert experience.rewards.tolist() == [0.0, 1.0, 1.0, 1.0]  # kept, then the dropped one
     # Beyond the target, extra groups are discarded.
-    sampling.offer(_experience([1.0, 0.0, 0.0, 1.0, 0.5, 0.0], 4, 3, seed=2), target=2)
+    sampling.offer(_experience([1.0, 0.0, 0.0, 1.0, 0.5, 0.0], 4, 3, seed=2))
     experience, filled = sampling.take(last, target=2, pad_token_id=PAD)
     assert filled == 0 and experience.num_groups == 2
 
 
 def test_the_buffer_round_trips_through_its_state_and_torch_save(tmp_path):
     sampling = DynamicSampling()
-    sampling.offer(_experience([1.0, 0.0, 1.0, 1.0], 4, 3, seed=0), target=2)
+    sampling.offer(_experience([1.0, 0.0, 1.0, 1.0], 4, 3, seed=0))
     path = tmp_path / "state.pt"
     torch.save(sampling.state_dict(), path)
     restored = DynamicSampling()
@@ -161,10 +161,10 @@ class Steps(Callback):
         self.trained, self.skipped = [], 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch["experience"] is None:
+        if pl_module.handoff.trained is None:
             self.skipped += 1
         else:
-            self.trained.append(batch["experience"])
+            self.trained.append(pl_module.handoff.trained.experience)
 
 
 def _module(tiny_model_dir):
@@ -240,7 +240,7 @@ def test_a_run_stopped_with_a_half_full_buffer_resumes_with_it(tiny_model_dir, t
     class StopWhenHalfFull(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             sampling = rollout.dynamic_sampling
-            if sampling.kept_groups == 1 and batch["experience"] is None:
+            if sampling.kept_groups == 1 and pl_module.handoff.trained is None:
                 trainer.should_stop = True
 
     torch.manual_seed(0)
@@ -263,8 +263,8 @@ def test_a_run_stopped_with_a_half_full_buffer_resumes_with_it(tiny_model_dir, t
             self.experience = None
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if self.experience is None and batch["experience"] is not None:
-                self.experience = batch["experience"]
+            if self.experience is None and pl_module.handoff.trained is not None:
+                self.experience = pl_module.handoff.trained.experience
 
     resumed = RolloutCallback(dynamic_sampling=DynamicSampling(max_draws=8))
     first = FirstExperience()

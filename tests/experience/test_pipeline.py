@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lit_rl.algorithms import grpo_loss, process_supervised_advantages
-from lit_rl.experience import GAE, ProcessSupervised, stopped_at_eos
+from lit_rl.experience import GAE, Overlong, ProcessSupervised, stopped_at_eos
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
 from tests.conftest import built, fit_rollouts, tiny_module_args
@@ -39,9 +39,12 @@ class Capture(Callback):
         self.experience = self.weights = self.grads = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.experience is None:
-            self.experience = batch["experience"]
+        if self.weights is None:
             self.weights = copy.deepcopy(pl_module.policy.state_dict())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.experience is None:
+            self.experience = pl_module.handoff.trained.experience
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self.grads is None:
@@ -72,7 +75,7 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
     reward = ChunkParity()(e.prompts, e.completions, {})
     decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     completion_ids = e.input_ids[:, -t:]
-    stopped = stopped_at_eos(completion_ids, e.completion_mask, tuple(module.eos_token_ids))
+    stopped = stopped_at_eos(completion_ids, e.completion_mask, module.sampler.eos_token_ids)
     for i in range(n):
         last_end = int(reward.step_ends[i].max())
         for j in range(e.step_ends.shape[1]):
@@ -187,9 +190,7 @@ def test_overlong_penalty_and_truncated_completions_leave_the_loss(tiny_model_di
     torch.manual_seed(0)
     module = _module(
         tiny_model_dir,
-        overlong_buffer_length=4,
-        overlong_penalty_factor=0.5,
-        mask_truncated_completions=True,
+        overlong=Overlong(buffer_length=4, penalty_factor=0.5, mask_truncated_completions=True),
         num_generations=4,
     )
     trainer, capture = _fit(module, tiny_model_dir)
@@ -202,7 +203,7 @@ def test_overlong_penalty_and_truncated_completions_leave_the_loss(tiny_model_di
     outcome = components["contains_target"] + components["brevity"]  # the reward's total
     torch.testing.assert_close(e.rewards, outcome + penalty)
     t = e.completion_mask.shape[1]
-    stopped = stopped_at_eos(e.input_ids[:, -t:], e.completion_mask, tuple(module.eos_token_ids))
+    stopped = stopped_at_eos(e.input_ids[:, -t:], e.completion_mask, module.sampler.eos_token_ids)
     assert torch.equal(e.loss_excluded, ~stopped) and (~stopped).any()
     assert not e.loss_mask[~stopped].any()
     # The loss counts only the tokens of completions that stopped.

@@ -6,18 +6,14 @@ from lightning.pytorch import Callback
 from peft import LoraConfig
 from transformers import LlamaForCausalLM
 
-from lit_rl.algorithms import (
-    group_normalized_advantages,
-    grpo_loss,
-    kl_penalty,
-    token_level_rewards,
-)
+from lit_rl.algorithms import grpo_loss, kl_penalty, token_level_rewards
 from lit_rl.data import PromptDataModule
 from lit_rl.experience import LeaveOneOut, ProcessSupervised
 from lit_rl.modules import GRPOModule
 from lit_rl.rollout import HFGenerateEngine, PackedEngine
 from tests.conftest import (
     TINY_LORA,
+    Trained,
     build_tokenizer,
     built,
     fit_rollouts,
@@ -26,19 +22,6 @@ from tests.conftest import (
     tiny_llama_config,
     tiny_module_args,
 )
-
-
-class Capture(Callback):
-    """Keeps the first rollout and the policy weights it was sampled with."""
-
-    def __init__(self):
-        self.rollout = None
-        self.weights = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.rollout is None:
-            self.rollout = batch["experience"]
-            self.weights = copy.deepcopy(pl_module.policy.state_dict())
 
 
 def _module(tiny_model_dir, **kwargs):
@@ -56,23 +39,34 @@ ENGINES = pytest.mark.parametrize("engine", [None, HFGenerateEngine()], ids=["de
 @ENGINES
 def test_rollout_batch_contents(tiny_model_dir, engine):
     torch.manual_seed(0)
-    capture = Capture()
-    _fit(_module(tiny_model_dir), tiny_model_dir, extra_callbacks=[capture], engine=engine)
-    r = capture.rollout
+    trained = Trained()
+    trainer = _fit(
+        _module(tiny_model_dir), tiny_model_dir, extra_callbacks=[trained], engine=engine
+    )
+    r, update = trained.batches[0].experience, trained.batches[0].update
     n, t = r.completion_mask.shape
     assert n == 2 * 4 and 1 <= t <= 8
     assert r.input_ids.shape[0] == n and r.input_ids.shape == r.attention_mask.shape
     # completion_mask is a prefix per row (right padding)
     assert torch.equal(r.completion_mask, r.completion_mask.cummin(dim=1).values)
-    torch.testing.assert_close(
-        r.advantages, group_normalized_advantages(r.rewards, 4)[:, None] * r.completion_mask
-    )
-    # mu = 1: on-policy, so the update's own first forward pass gave pi_old; the engine's
-    # logprobs of its samples are the same numbers (float32, the same weights).
+    # DeepSeekMath 4.1.2 by hand: (r - mean) / (std + 1e-4) per group of 4, the sample std.
+    groups = r.rewards.view(2, 4)
+    mean = groups.sum(1, keepdim=True) / 4
+    std = ((groups - mean) ** 2).sum(1, keepdim=True).div(3).sqrt()
+    expected = ((groups - mean) / (std + 1e-4)).reshape(-1, 1) * r.completion_mask
+    torch.testing.assert_close(r.advantages, expected, rtol=0, atol=1e-6)
+    assert r.rewards.unique().numel() > 1  # not vacuous: some group has signal
+    # mu = 1: on-policy, so the update's own first forward pass gave pi_old (no extra pass
+    # at rollout time); the engine's logprobs of its samples are the same numbers.
     mask = r.completion_mask
-    torch.testing.assert_close(r.sampler_logprobs[mask], r.old_logprobs[mask], rtol=0, atol=1e-5)
-    # LoRA starts with B = 0, so the policy equals the reference (adapters off) at step 0.
-    assert r.ref_logprobs.shape == (n, t)
+    assert r.old_logprobs is None and update.old_logprobs.shape == (n, t)
+    torch.testing.assert_close(
+        r.sampler_logprobs[mask], update.old_logprobs[mask], rtol=0, atol=1e-5
+    )
+    # LoRA starts with B = 0: the adapters add exactly 0, so at step 0 the policy is the
+    # reference (adapters off) to the last bit, and the KL of the first step is 0.
+    assert torch.equal(r.ref_logprobs[mask], update.old_logprobs[mask])
+    assert trainer.callback_metrics["train/kl"].item() == 0.0
     assert len(r.completions) == n and r.prompts[0] == r.prompts[3] != r.prompts[4]
     assert set(r.reward_components) == {"contains_target", "brevity"}
 
@@ -80,13 +74,13 @@ def test_rollout_batch_contents(tiny_model_dir, engine):
 @ENGINES
 def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, engine):
     torch.manual_seed(0)
-    capture = Capture()
+    trained = Trained()
     module = _module(tiny_model_dir)
-    trainer = _fit(module, tiny_model_dir, extra_callbacks=[capture], engine=engine)
+    trainer = _fit(module, tiny_model_dir, extra_callbacks=[trained], engine=engine)
     # Recompute the loss with the weights the step started from.
     fresh = built(_module(tiny_model_dir))
-    fresh.policy.load_state_dict(capture.weights)
-    r = capture.rollout
+    fresh.policy.load_state_dict(trained.weights[0])
+    r, update = trained.batches[0].experience, trained.batches[0].update
     logprobs, _ = fresh.policy_logprobs(r.sequences)
     expected, stats = grpo_loss(
         logprobs,
@@ -97,7 +91,7 @@ def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, en
         epsilon=0.2,
         beta=0.04,
     )
-    torch.testing.assert_close(r.old_logprobs, logprobs.detach(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(update.old_logprobs, logprobs.detach(), rtol=0, atol=1e-6)
     logged = trainer.callback_metrics
     assert logged["rollout/logprob_mismatch_k3"].item() < 1e-9
     assert logged["rollout/weights_version"].item() == 0
@@ -105,28 +99,28 @@ def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, en
     assert logged["train/kl"].item() == pytest.approx(stats["kl"].item(), abs=1e-6)
     assert trainer.global_step == 1
     after = module.policy.state_dict()
-    changed = {k for k, v in capture.weights.items() if not torch.equal(v, after[k])}
+    changed = {k for k, v in trained.weights[0].items() if not torch.equal(v, after[k])}
     assert changed and all("lora_" in k for k in changed)
 
 
 def test_num_iterations_takes_several_steps_on_one_rollout(tiny_model_dir):
     torch.manual_seed(0)
-    capture = Capture()
+    trained = Trained()
     module = _module(tiny_model_dir, num_iterations=2)
     trainer = _fit(
-        module, tiny_model_dir, steps=2, extra_callbacks=[capture], engine=PackedEngine()
+        module, tiny_model_dir, steps=2, extra_callbacks=[trained], engine=PackedEngine()
     )
-    assert trainer.global_step == 2 and capture.rollout.old_logprobs is not None
+    rollout, update = trained.batches[0].experience, trained.batches[0].update
+    assert trainer.global_step == 2 and update.optimizer_steps == 2
+    assert rollout.old_logprobs is not None and update.old_logprobs is rollout.old_logprobs
     fresh = built(_module(tiny_model_dir))
-    fresh.policy.load_state_dict(capture.weights)
+    fresh.policy.load_state_dict(trained.weights[0])
     with torch.no_grad():
-        expected, _ = fresh.policy_logprobs(capture.rollout.sequences)
-    torch.testing.assert_close(capture.rollout.old_logprobs, expected, rtol=0, atol=1e-6)
+        expected, _ = fresh.policy_logprobs(rollout.sequences)
+    torch.testing.assert_close(rollout.old_logprobs, expected, rtol=0, atol=1e-6)
     # The packed engine sampled from the same weights: its logprobs are the trainer's.
-    mask = capture.rollout.completion_mask
-    torch.testing.assert_close(
-        capture.rollout.sampler_logprobs[mask], expected[mask], rtol=0, atol=1e-5
-    )
+    mask = rollout.completion_mask
+    torch.testing.assert_close(rollout.sampler_logprobs[mask], expected[mask], rtol=0, atol=1e-5)
     assert trainer.callback_metrics["rollout/logprob_mismatch_max_abs"].item() < 1e-5
 
 
@@ -134,6 +128,10 @@ def test_without_rollout_callback_the_error_says_what_to_add(tiny_model_dir):
     module = _module(tiny_model_dir)
     with pytest.raises(RuntimeError, match="add lit_rl.callbacks.RolloutCallback"):
         module.training_step({"input_ids": torch.zeros(1, 1)}, 0)
+    trainer = rollout_trainer(rollout=Callback())  # a Trainer whose callbacks make no rollouts
+    data = PromptDataModule(tokenizer=str(tiny_model_dir), batch_size=2, num_train=4, num_val=0)
+    with pytest.raises(RuntimeError, match="found no Experience for this batch"):
+        trainer.fit(_module(tiny_model_dir), data)
 
 
 @pytest.mark.parametrize(
@@ -159,9 +157,10 @@ def test_bad_config_values_are_named(tiny_model_dir, kwargs, message):
 
 def test_full_finetune_keeps_a_frozen_reference(tiny_model_dir):
     module = built(_module(tiny_model_dir, lora=None))
-    assert module.reference is not None
-    assert not any(p.requires_grad for p in module.reference.parameters())
-    assert built(_module(tiny_model_dir, lora=None, beta=0.0)).reference is None
+    reference = module.models.reference
+    assert reference is not None and reference is not module.policy
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert built(_module(tiny_model_dir, lora=None, beta=0.0)).models.reference is None
 
 
 def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
@@ -236,10 +235,11 @@ def test_the_kl_in_the_reward_is_an_option_of_grpo(tiny_model_dir):
     the group statistics are then of each completion's return."""
     torch.manual_seed(0)
     module = _module(tiny_model_dir, beta=0.0, kl_coef=0.2, advantage_estimator=LeaveOneOut())
-    assert module.uses_reference and module.needs_old_logprobs
-    capture = Capture()
-    trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[capture])
-    e = capture.rollout
+    assert module.model_recipe.reference and module.needs_old_logprobs
+    trained = Trained()
+    trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[trained])
+    e = trained.batches[1].experience  # the policy has moved from the reference by then
+    assert (e.kl * e.completion_mask).abs().sum() > 0
     kl = kl_penalty(e.old_logprobs, e.ref_logprobs, "k1")
     torch.testing.assert_close(e.kl, kl)
     torch.testing.assert_close(
@@ -251,21 +251,66 @@ def test_the_kl_in_the_reward_is_an_option_of_grpo(tiny_model_dir):
         e.advantages, (returns - baseline).reshape(-1, 1) * e.completion_mask
     )
     assert "rollout/kl" in trainer.callback_metrics and "train/kl" not in trainer.callback_metrics
+    # rollout/reward is the reward's; rollout/return is what the estimator saw, minus the KL.
+    metrics = trainer.callback_metrics
+    assert metrics["rollout/reward"].item() == pytest.approx(e.rewards.mean().item())
+    assert metrics["rollout/return"].item() == pytest.approx(returns.mean().item())
+    assert metrics["rollout/return"] < metrics["rollout/reward"]
+
+
+class RecordingGRPO(GRPOModule):
+    """Records, for every micro-batch, the policy's weights, the micro-batch and its loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def accumulate_gradients(self, micro, weight):
+        weights = copy.deepcopy(self.policy.state_dict())
+        output = super().accumulate_gradients(micro, weight)
+        self.calls.append((weights, micro, output))
+        return output
 
 
 def test_gspo_trains_on_the_sequence_ratio(tiny_model_dir):
+    """GSPO (Zheng et al., 2025, Eq. 5-7), by hand on the second optimizer step of one
+    Experience, where the policy has moved: per completion the length-normalised ratio
+    s_i = exp(mean_t(log pi - log pi_old)), clipped to [1 - eps, 1 + eps_high], times A_i."""
     torch.manual_seed(0)
-    module = _module(
-        tiny_model_dir,
+    eps, eps_high = 3e-4, 4e-4
+    settings = dict(
         importance_sampling_level="sequence",
-        epsilon=3e-4,
-        epsilon_high=4e-4,
+        epsilon=eps,
+        epsilon_high=eps_high,
+        beta=0.0,
         num_iterations=2,
+        gradient_accumulation_steps=1,
     )
+    module = RecordingGRPO(**tiny_module_args(tiny_model_dir, **settings))
     trainer = _fit(module, tiny_model_dir, steps=2)
-    # The second pass sees a moved policy: sequence ratios leave 1, and GSPO's tight range clips.
-    assert trainer.global_step == 2
-    assert trainer.callback_metrics["train/clip_ratio"] > 0
+    assert trainer.global_step == 2 and len(module.calls) == 2
+    weights, micro, output = module.calls[1]
+    fresh = built(_module(tiny_model_dir))
+    fresh.policy.load_state_dict(weights)
+    with torch.no_grad():
+        logprobs, _ = fresh.policy_logprobs(micro.sequences)
+    mask, old = micro.completion_mask, micro.old_logprobs
+    objectives, clipped = [], 0
+    for i in range(len(micro)):
+        row = mask[i]
+        s = torch.exp((logprobs[i][row] - old[i][row]).mean()).item()
+        advantage = micro.advantages[i][row][0].item()
+        bounded = min(max(s, 1 - eps), 1 + eps_high)
+        objectives.append(min(s * advantage, bounded * advantage))
+        clipped += int(row.sum()) * (s * advantage > bounded * advantage)
+    expected = -sum(objectives) / len(objectives)
+    assert micro.advantages.abs().sum() > 0 and expected != 0
+    assert output.stats["loss"].item() == pytest.approx(expected, abs=1e-6)
+    assert output.stats["clip_ratio"].item() == pytest.approx(clipped / int(mask.sum()))
+    assert clipped > 0  # GSPO's tight range clips whole sequences
+    # The token ratio would give another loss: the sequence level is what was trained.
+    token_loss, _ = grpo_loss(logprobs, old, None, micro.advantages, mask, eps, eps_high, 0.0)
+    assert abs(token_loss.item() - expected) > 1e-5
 
 
 def test_the_frozen_reference_of_full_finetuning_never_runs_dropout(tmp_path):
@@ -280,13 +325,14 @@ def test_the_frozen_reference_of_full_finetuning_never_runs_dropout(tmp_path):
     tokenizer.save_pretrained(tmp_path)
     module = built(_module(tmp_path, lora=None))
     module.train()
-    assert module.reference is not None
-    for network in (module.policy, module.reference):
+    reference = module.models.reference
+    assert reference is not None
+    for network in (module.policy, reference):
         assert not any(m.training for m in network.modules())
     rollout = make_rollout(module.tokenizer, ["abc", "a longer prompt"])
     with torch.no_grad():
-        first = module.reference_logprobs(rollout.sequences)
-        second = module.reference_logprobs(rollout.sequences)
+        first = module.logprobs_and_values(rollout.sequences).ref_logprobs
+        second = module.logprobs_and_values(rollout.sequences).ref_logprobs
     assert torch.equal(first, second)
 
 

@@ -17,15 +17,18 @@ from tests.conftest import built, fit_rollouts, tiny_module_args
 
 
 class Capture(Callback):
+    """Every batch's Experience, the module's weights before the first update, and the
+    critic's explained variance after each update."""
+
     def __init__(self):
         self.experiences, self.weights, self.explained = [], None, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.experiences.append(batch["experience"])
         if self.weights is None:
             self.weights = copy.deepcopy(pl_module.state_dict())
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.experiences.append(pl_module.handoff.trained.experience)
         if "train/vf_explained_var" in trainer.callback_metrics:
             self.explained.append(trainer.callback_metrics["train/vf_explained_var"].item())
 
@@ -160,7 +163,7 @@ def test_reinforce_plus_plus_is_ppo_without_a_critic(tiny_model_dir):
     torch.manual_seed(0)
     module = _module(tiny_model_dir, advantage_estimator=ReinforcePlusPlus(), kl_coef=0.1)
     trainer, capture = _fit(module, tiny_model_dir, steps=4)
-    assert module.critic is None
+    assert module.model_recipe.critic is None and not module.models.has_critic
     assert not any(VALUE_ADAPTER in name for name, _ in module.named_parameters())
     metrics = trainer.callback_metrics
     assert "train/value_loss" not in metrics and "train/vf_explained_var" not in metrics
@@ -179,7 +182,7 @@ def test_the_kl_in_the_loss_is_an_option_of_ppo(tiny_model_dir):
     torch.manual_seed(0)
     module = _module(tiny_model_dir, kl_coef=0.0, beta=0.1, loss_kl_estimator="k2")
     trainer, capture = _fit(module, tiny_model_dir, steps=4)
-    assert module.uses_reference and capture.experiences[0].kl is None
+    assert module.model_recipe.reference and capture.experiences[0].kl is None
     assert "train/kl" in trainer.callback_metrics
 
 

@@ -1,9 +1,12 @@
-"""Callbacks the reliability tests add to a CLI run by ``class_path``: a recorder of each
-step's logged scalars and final weights, and ways for a process to die or be stopped at a
-chosen moment (SIGKILL after a step or halfway through a checkpoint write, SIGTERM/SIGINT)."""
+"""What the reliability tests add to a CLI run by ``class_path``: a recorder of each step's
+logged scalars and final weights (and of each process's), ways for a process to die or be
+stopped at a chosen moment (SIGKILL after a step or halfway through a checkpoint write,
+SIGTERM/SIGINT), a module whose loss turns NaN on one process, and broken rewards."""
 
+import dataclasses
 import io
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.experience import EXPERIENCE_KEY
+from lit_rl.modules import GRPOModule
 from lit_rl.rewards import RewardOutput
 
 
@@ -28,7 +31,7 @@ class StepRecorder(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if batch[EXPERIENCE_KEY] is None:
+        if pl_module.handoff.trained is None:  # no update on this batch
             return
         row: dict[str, float] = {"step": trainer.global_step, "epoch": trainer.current_epoch}
         for name, value in sorted(trainer.callback_metrics.items()):
@@ -130,3 +133,41 @@ class ListTotalReward:
 
     def __call__(self, prompts: list[str], completions: list[str], batch: dict) -> RewardOutput:
         return RewardOutput(total=[0.0] * len(completions))  # type: ignore[arg-type]
+
+
+class ProcessState(Callback):
+    """Writes each process's trainable weights, optimizer step and skipped-step count to
+    ``<path>.rank<r>.pt`` when training ends."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state = {
+            "global_step": trainer.global_step,
+            "nonfinite_steps": pl_module.policy_update.guard.nonfinite_steps,
+            "weights": {
+                name: p.detach().clone()
+                for name, p in pl_module.named_parameters()
+                if p.requires_grad
+            },
+        }
+        torch.save(state, f"{self.path}.rank{trainer.global_rank}.pt")
+
+
+class NaNLossGRPO(GRPOModule):
+    """GRPO whose loss is NaN on process ``nan_rank`` at the optimizer-step attempts
+    ``nan_attempts`` (0, 1, ...; skipped attempts count), as a batch with a NaN would make it."""
+
+    def __init__(
+        self, *args: Any, nan_attempts: list[int], nan_rank: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.nan_attempts = nan_attempts
+        self.nan_rank = nan_rank
+
+    def accumulate_gradients(self, micro: Any, weight: float) -> Any:  # noqa: ANN401
+        attempt = self.global_step + self.policy_update.guard.nonfinite_steps
+        if attempt in self.nan_attempts and self.trainer.global_rank == self.nan_rank:
+            micro = dataclasses.replace(micro, advantages=micro.advantages * math.nan)
+        return super().accumulate_gradients(micro, weight)

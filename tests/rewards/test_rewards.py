@@ -10,6 +10,8 @@ from lit_rl.rewards import (
     MathCorrectness,
     RewardOutput,
     WeightedSum,
+    call_reward,
+    check_reward_fields,
     check_reward_output,
     extract_answer,
     reward_fields,
@@ -130,3 +132,36 @@ def test_rewards_declare_the_dataset_fields_they_read():
     combined = WeightedSum([correctness, FormatReward(), MathCorrectness(name="again")])
     assert reward_fields(combined) == ["answer", "solution"]  # FormatReward reads none
     assert reward_fields(FunctionReward(lambda p, c, b: [0.0] * len(c))) == []
+
+
+def test_a_failing_reward_is_named_with_the_batch():
+    def broken(prompts, completions, batch):
+        return [1 / 0 for _ in completions]
+
+    reward = FunctionReward(broken, name="broken")
+    with pytest.raises(
+        RuntimeError, match="reward 'broken' raised ZeroDivisionError on batch 7"
+    ) as err:
+        call_reward(reward, ["p"], ["c"], {}, "batch 7")
+    assert isinstance(err.value.__cause__, ZeroDivisionError)  # its traceback is kept
+    # lit_rl's own rewards refusing their input say it all themselves, unwrapped.
+    with pytest.raises(KeyError, match="MathCorrectness reads the reference answer"):
+        call_reward(MathCorrectness(answer_field="gold"), ["p"], ["c"], {"answer": [1]}, "b")
+    # The output is checked: one value per completion.
+    with pytest.raises(ValueError, match="'short' gave 'total' of shape \\(1,\\) for batch 3"):
+        call_reward(
+            FunctionReward(lambda p, c, b: [0.0], name="short"), ["p"] * 2, ["c"] * 2, {}, "batch 3"
+        )
+    output = call_reward(FunctionReward(lambda p, c, b: [0.5, 1.0]), ["p"] * 2, ["c", "d"], {}, "b")
+    assert output.total.tolist() == [0.5, 1.0]
+
+
+def test_the_fields_a_reward_reads_are_checked_against_a_batch():
+    batch = {"input_ids": None, "prompt": ["q"], "answer": ["4"]}
+    check_reward_fields(MathCorrectness(), batch)
+    check_reward_fields(FunctionReward(lambda p, c, b: [0.0]), batch)  # reads none it names
+    with pytest.raises(
+        KeyError,
+        match=r"reads the dataset field\(s\) \['gold'\], but the training batches have \['answer', 'prompt'\]",
+    ):
+        check_reward_fields(MathCorrectness(answer_field="gold"), batch)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from lit_rl.algorithms import SamplerCorrection
 from lit_rl.modules import GRPOModule
 from lit_rl.rollout import (
     Generation,
@@ -135,7 +136,9 @@ def test_token_tis_scales_the_policy_gradient_by_the_truncated_ratio(tiny_model_
     for correction in ("none", "token_tis"):
         torch.manual_seed(0)
         module = GRPOModule(
-            **tiny_module_args(tiny_model_dir, beta=0.0, sampler_correction=correction)
+            **tiny_module_args(
+                tiny_model_dir, beta=0.0, sampler_correction=SamplerCorrection(correction)
+            )
         )
         check = LogprobCheck(enabled=False)
         trainer = fit_rollouts(
@@ -146,5 +149,7 @@ def test_token_tis_scales_the_policy_gradient_by_the_truncated_ratio(tiny_model_
 
 
 def test_an_unknown_correction_is_named(tiny_model_dir):
-    with pytest.raises(ValueError, match="sampler_correction must be one of"):
-        GRPOModule(**tiny_module_args(tiny_model_dir, sampler_correction="tis"))
+    with pytest.raises(ValueError, match="sampler_correction mode must be one of"):
+        SamplerCorrection("tis")
+    with pytest.raises(ValueError, match="needs 0 <= low < 1 < high, got low=0.5, high=1.0"):
+        SamplerCorrection("token_mask", high=1.0)

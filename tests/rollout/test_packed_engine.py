@@ -9,7 +9,12 @@ from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausa
 
 from lit_rl.algorithms import token_logprobs_with_entropy
 from lit_rl.models import load_model, load_tokenizer, position_ids_from_mask
-from lit_rl.rollout import HFGenerateEngine, PackedEngine, SamplingParams
+from lit_rl.rollout import (
+    HFGenerateEngine,
+    PackedEngine,
+    SamplingParams,
+    completion_mask_from_eos,
+)
 from lit_rl.rollout.decoder import (
     PackedDecoder,
     PrepackedWeight,
@@ -172,20 +177,39 @@ def test_sampling_is_seeded_and_prompt_major(tiny_model_dir, setup):
     assert not torch.equal(sample(0), sample(1))
 
 
-def test_unsupported_models_fall_back_to_generate(setup):
-    tokenizer = setup[0]
+def test_unsupported_models_fall_back_to_generate(setup, caplog):
+    tokenizer, ids, mask = setup
     torch.manual_seed(0)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=4))
+    gpt2.eval()
     assert "gpt2" in unsupported_reason(gpt2)
     with pytest.raises(ValueError, match="cannot run this model: model_type 'gpt2'"):
         PackedDecoder(gpt2)
     greedy = SamplingParams(max_new_tokens=5, do_sample=False)
-    ours = generate(PackedEngine(), gpt2, setup, greedy)
-    reference = generate(HFGenerateEngine(), gpt2, setup, greedy)
-    assert torch.equal(ours.logprobs, reference.logprobs)  # generate's, reported as well
-    assert torch.equal(
-        ours.completion_ids, generate(HFGenerateEngine(), gpt2, setup, greedy).completion_ids
-    )
+    with caplog.at_level("INFO"):
+        ours = generate(PackedEngine(), gpt2, setup, greedy, num_generations=1)
+    assert "sampling with transformers generate (" in caplog.text  # the fallback, named
+    # Against transformers itself: its own greedy tokens, and the logprobs of a forward pass.
+    with torch.no_grad():
+        expected = gpt2.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            max_new_tokens=5,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )[:, ids.shape[1] :]
+        assert torch.equal(ours.completion_ids, expected)
+        full_ids = torch.cat([ids, expected], 1)
+        full_mask = torch.cat([mask, torch.ones_like(expected)], 1)
+        logits = gpt2(
+            input_ids=full_ids,
+            attention_mask=full_mask,
+            position_ids=position_ids_from_mask(full_mask),
+        ).logits[:, ids.shape[1] - 1 : -1]
+    logprobs, _ = token_logprobs_with_entropy(logits, expected, 1.0)
+    counted = completion_mask_from_eos(expected, [tokenizer.eos_token_id])
+    torch.testing.assert_close(ours.logprobs[counted], logprobs[counted], rtol=0, atol=1e-5)
 
 
 def test_lora_variants_are_refused(tiny_model_dir):

@@ -166,7 +166,7 @@ def run(
         devices=devices,
         strategy=strategy_for(strategy),
         # ``steps`` Experiences; PPO takes ppo_epochs optimizer steps on each
-        max_steps=steps * module.update_epochs * module.num_mini_batches,
+        max_steps=steps * module.policy_update.plan.optimizer_steps,
         callbacks=[RolloutCallback(), metrics],
         logger=False,
         enable_checkpointing=False,
