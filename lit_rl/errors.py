@@ -13,13 +13,6 @@ INPUT_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FloatingPoin
 _PACKAGE = Path(__file__).parent
 
 
-def check_settings(owner: str, *checks: tuple[bool, str]) -> None:
-    """Refuse the first setting whose check failed: ``ValueError("<owner>: <message>")``."""
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(f"{owner}: {message}")
-
-
 def is_input_error(error: BaseException) -> bool:
     """Whether ``error`` reports bad input rather than a bug: a missing file, jsonargparse's
     report of a class that refused its arguments, or an error lit_rl's own code raised on

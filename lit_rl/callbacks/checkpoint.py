@@ -14,7 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_rl.atomic import remove_stale_staging
 from lit_rl.callbacks.preemption import Preempted, StopSignals
-from lit_rl.experience import PolicyOwner, missing_members
+from lit_rl.experience import PolicyOwner, require_members
 from lit_rl.models import save_policy
 from lit_rl.strategies import AtomicCheckpointIO, full_state_dict, is_sharded
 
@@ -63,13 +63,8 @@ class PolicyCheckpoint(ModelCheckpoint):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        missing = missing_members(pl_module, PolicyOwner)
-        if missing:
-            raise TypeError(
-                "PolicyCheckpoint exports the policy of a module that implements "
-                f"lit_rl.experience.PolicyOwner; {type(pl_module).__name__} lacks "
-                f"{', '.join(missing)}: use lightning's ModelCheckpoint for other modules"
-            )
+        hint = ": use lightning's ModelCheckpoint for other modules"
+        require_members(pl_module, PolicyOwner, "PolicyCheckpoint", hint)
         # Lightning's default writer (a user's own CheckpointIO is kept as it is).
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.experience import PolicyOwner, missing_members
+from lit_rl.experience import PolicyOwner, require_members
 from lit_rl.models import PolicyModels
 from lit_rl.models.lora import lora_layers
 from lit_rl.state import require_keys
@@ -40,13 +40,7 @@ class ReferenceSyncCallback(Callback):
         self.last_sync_step = 0  # in checkpoints, so a resumed run keeps the schedule
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        missing = missing_members(pl_module, PolicyOwner)
-        if missing:
-            raise TypeError(
-                "ReferenceSyncCallback moves the reference of a module that implements "
-                f"lit_rl.experience.PolicyOwner (policy + reference); {type(pl_module).__name__} "
-                f"lacks {', '.join(missing)}"
-            )
+        require_members(pl_module, PolicyOwner, "ReferenceSyncCallback")
         if isinstance(trainer.strategy, FSDP2Strategy):
             raise ValueError(
                 "ReferenceSyncCallback cannot run under FSDP2Strategy yet: it mixes the policy "

@@ -16,7 +16,7 @@ from lit_rl.experience import (
     ExperienceModule,
     ExperienceSpec,
     make_experience,
-    missing_members,
+    require_members,
     stopped_at_eos,
 )
 from lit_rl.rollout import LogprobCheck
@@ -64,13 +64,7 @@ class RolloutCallback(Callback):
         self.paused_log_every: int | None = None  # log_every_n_steps while a batch is not logged
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        missing = missing_members(pl_module, ExperienceModule)
-        if missing:
-            raise TypeError(
-                f"RolloutCallback drives modules that implement "
-                f"lit_rl.experience.ExperienceModule (e.g. lit_rl.modules.GRPOModule); "
-                f"{type(pl_module).__name__} lacks {', '.join(missing)}"
-            )
+        require_members(pl_module, ExperienceModule, "RolloutCallback")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the policy exists (setup runs before it is built).
@@ -186,8 +180,7 @@ class RolloutCallback(Callback):
         sampling = self.dynamic_sampling
         target = experience.num_groups  # the batch's prompts
         sampling.offer(experience)
-        is_full = sampling.kept_groups >= target
-        full = torch.tensor(float(is_full), device=experience.rewards.device)
+        full = torch.tensor(float(sampling.kept_groups >= target), device=experience.rewards.device)
         if trainer.world_size > 1:
             full = trainer.strategy.reduce(full, reduce_op="min")
         if not (bool(full) or sampling.at_cap):

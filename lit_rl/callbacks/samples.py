@@ -6,7 +6,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_rl.algorithms import masked_mean
-from lit_rl.experience import ExperienceModule, missing_members
+from lit_rl.experience import ExperienceModule, require_members
 
 
 def _cell(text: str) -> str:
@@ -32,13 +32,7 @@ class SampleLoggerCallback(Callback):
         self.max_completions = max_completions
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        missing = missing_members(pl_module, ExperienceModule)
-        if missing:
-            raise TypeError(
-                "SampleLoggerCallback shows the rollouts of a module that implements "
-                f"lit_rl.experience.ExperienceModule; {type(pl_module).__name__} lacks "
-                f"{', '.join(missing)}"
-            )
+        require_members(pl_module, ExperienceModule, "SampleLoggerCallback")
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int

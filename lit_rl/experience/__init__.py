@@ -11,6 +11,7 @@ from lit_rl.experience.contract import (
     LogprobsAndValues,
     PolicyOwner,
     missing_members,
+    require_members,
 )
 from lit_rl.experience.dynamic_sampling import DynamicSampling
 from lit_rl.experience.estimators import (
@@ -52,6 +53,7 @@ __all__ = [
     "concatenate",
     "make_experience",
     "missing_members",
+    "require_members",
     "stopped_at_eos",
     "token_char_ends",
     "token_step_ends",

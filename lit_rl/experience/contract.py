@@ -1,7 +1,6 @@
 """The typed contract between the rollout side (``RolloutCallback``, the other callbacks) and the
 LightningModule it drives: what the module offers (``PolicyOwner``, ``ExperienceModule``), what
-its models say about sampled tokens (``LogprobsAndValues``), and what an update gives back
-(``UpdateResult``)."""
+its models say about sampled tokens (``LogprobsAndValues``), and the check callbacks make."""
 
 from dataclasses import dataclass
 from typing import Protocol
@@ -42,7 +41,7 @@ class ExperienceModule(PolicyOwner, Protocol):
     handoff: ExperienceHandoff  # RolloutCallback -> training_step -> callbacks at batch end
 
     @property
-    def sampler(self) -> CompletionSampler: ...  # built in configure_model
+    def sampler(self) -> CompletionSampler: ...  # over the models configure_model built
 
     @property
     def global_step(self) -> int: ...  # optimizer steps taken: the version of the weights
@@ -75,3 +74,15 @@ def missing_members(module: object, protocol: type) -> list[str]:
     # The class first: a property (e.g. the sampler, built in configure_model) may not be
     # readable yet when a callback checks the contract in setup.
     return [name for name in members if not (hasattr(type(module), name) or hasattr(module, name))]
+
+
+def require_members(module: object, protocol: type, needed_by: str, hint: str = "") -> None:
+    """Refuse ``module`` unless it implements ``protocol``, naming what it lacks (a callback's
+    check in ``setup``, before any model loads); ``hint`` says what to use instead."""
+    missing = missing_members(module, protocol)
+    if missing:
+        raise TypeError(
+            f"{needed_by} needs a module that implements lit_rl.experience.{protocol.__name__} "
+            f"(e.g. lit_rl.modules.GRPOModule); {type(module).__name__} lacks "
+            f"{', '.join(missing)}{hint}"
+        )

@@ -15,7 +15,6 @@ from lit_rl.algorithms import (
     ppo_policy_loss,
     value_loss,
 )
-from lit_rl.errors import check_settings
 from lit_rl.experience import GAE, AdvantageEstimator, Experience, check_estimator
 from lit_rl.modules.base import PolicyModule
 from lit_rl.state import require_keys
@@ -80,8 +79,7 @@ class PPOModule(PolicyModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        check_settings(
-            "PPOModule",
+        checks = [
             (0 < epsilon < 1, f"epsilon must be in (0, 1), got {epsilon}"),
             (
                 epsilon_high is None or epsilon_high > 0,
@@ -99,7 +97,10 @@ class PPOModule(PolicyModule):
                 value_learning_rate is None or value_learning_rate > 0,
                 f"value_learning_rate must be > 0, got {value_learning_rate}",
             ),
-        )
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"PPOModule: {message}")
         estimator = advantage_estimator or GAE()
         check_estimator(estimator, self.num_generations, kl_coef)
         self.advantage_estimator = estimator
@@ -174,8 +175,9 @@ class PPOModule(PolicyModule):
             "entropy": masked_mean(entropy, mask),
             **policy_stats,
         }
-        if self._built_models().has_critic:
-            values = self._built_models().values(micro.sequences)
+        models = self._built_models()
+        if models.has_critic:
+            values = models.values(micro.sequences)
             critic_loss, value_stats = value_loss(
                 values, micro.values, micro.returns, mask, self.cliprange_value
             )

@@ -92,7 +92,10 @@ def test_evaluations_during_fit_sample_from_their_steps_seeds():
 
 
 def test_callback_refuses_a_module_without_the_rollout_protocol():
-    with pytest.raises(TypeError, match="implement lit_rl.experience.ExperienceModule") as err:
+    with pytest.raises(
+        TypeError,
+        match="RolloutCallback needs a module that implements lit_rl.experience.ExperienceModule",
+    ) as err:
         RolloutCallback().setup(Trainer(logger=False), LightningModule(), "fit")
     assert (
         "lacks tokenizer, model_recipe, models, reward, handoff, sampler, experience_spec, "

@@ -93,3 +93,17 @@ def test_estimators_accept_what_they_can_use():
     check_estimator(GAE(), 1, 0.05)  # the critic is the baseline: one completion per prompt
     check_estimator(ReinforcePlusPlus(), 1, 0.1)
     check_estimator(ProcessSupervised(), 4, 0.0)
+
+
+def test_callbacks_refuse_a_module_without_the_contract_by_name():
+    from lightning.pytorch import LightningModule
+
+    from lit_rl.experience import require_members
+
+    with pytest.raises(
+        TypeError,
+        match="ReferenceSyncCallback needs a module that implements "
+        "lit_rl.experience.PolicyOwner .* LightningModule lacks tokenizer, "
+        "model_recipe, models: use another",
+    ):
+        require_members(LightningModule(), PolicyOwner, "ReferenceSyncCallback", ": use another")
