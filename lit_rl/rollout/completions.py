@@ -89,12 +89,13 @@ class CompletionSampler:
             generation = self.session.generate(policy, request, version)
         ids = generation.completion_ids
         mask = completion_mask_from_eos(ids, self.eos_token_ids)
+        rows = torch.where(mask, ids, self.pad_token_id).tolist()
+        # (transformers 5.19 decodes no rows as one empty text)
+        texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True) if rows else []
         return Completions(
             ids=ids,
             mask=mask,
-            texts=self.tokenizer.batch_decode(
-                torch.where(mask, ids, self.pad_token_id), skip_special_tokens=True
-            ),
+            texts=texts,
             logprobs=generation.logprobs,
             weights_version=generation.weights_version,
             weights_fingerprint=generation.weights_fingerprint,

