@@ -8,8 +8,13 @@ from lit_rl.rollout.engine import (
     InProcessEngine,
     RolloutEngine,
     completion_mask_from_eos,
-    trained_weights,
-    weights_fingerprint,
+)
+from lit_rl.rollout.fingerprint import (
+    adapter_fingerprint,
+    dense_fingerprint,
+    dense_weights,
+    policy_adapters,
+    policy_fingerprint,
 )
 from lit_rl.rollout.hf_engine import HFGenerateEngine
 from lit_rl.rollout.packed_engine import PackedEngine
@@ -34,9 +39,12 @@ __all__ = [
     "SamplingParams",
     "StaleWeightsError",
     "VLLMEngine",
+    "adapter_fingerprint",
+    "dense_fingerprint",
+    "dense_weights",
+    "policy_adapters",
+    "policy_fingerprint",
     "WholeWeights",
     "completion_mask_from_eos",
     "default_engine",
-    "trained_weights",
-    "weights_fingerprint",
 ]

@@ -26,6 +26,8 @@ from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import PreTrainedModel
 
+from lit_rl.rollout.fingerprint import adapter_fingerprint, dense_fingerprint
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
 
@@ -255,6 +257,21 @@ class PackedDecoder:
             )
             for layer in decoder.layers
         ]
+
+    def fingerprint(self) -> float:
+        """The fingerprint of the weights this decoder samples with, read from its own packed
+        copy (``lit_rl.rollout.fingerprint``): its adapters where it has them (fused and with
+        their scalings folded in), else its embedding and norms."""
+        linears = [self.lm_head]
+        for layer in self.layers:
+            linears += [layer.qkv, layer.o, layer.gate, layer.up, layer.down]
+        pairs = [(lin.lora_a.t(), lin.lora_b.t()) for lin in linears if lin.lora_a is not None]
+        if pairs:
+            return adapter_fingerprint(pairs)
+        norms = [self.final_norm]
+        for layer in self.layers:
+            norms += [layer.input_norm, layer.post_norm]
+        return dense_fingerprint([self.embed, *norms])
 
     def new_cache(self, rows: int, length: int) -> KVCache:
         return KVCache(

@@ -99,4 +99,6 @@ class PackedEngine(InProcessEngine):
                 end - 1,
                 key_valid[:, None, None, :end],
             )
-        return self.answer(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1))
+        # Read from the packed copy that sampled, not from the policy it was packed from.
+        fingerprint = decoder.fingerprint()
+        return self.answer(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1), fingerprint)

@@ -70,7 +70,9 @@ class Generation:
     # trainer's after every sync.
     logprobs: torch.Tensor
     weights_version: int  # the version of the weights that sampled these rows
-    weights_fingerprint: float  # their fingerprint (``lit_rl.rollout.weights_fingerprint``)
+    weights_fingerprint: (
+        float  # theirs, read from the engine's storage (lit_rl.rollout.fingerprint)
+    )
 
     def __post_init__(self) -> None:
         if self.logprobs.shape != self.completion_ids.shape:

@@ -4,7 +4,8 @@ import math
 
 from torch import nn
 
-from lit_rl.rollout.engine import RolloutEngine, trained_weights, weights_fingerprint
+from lit_rl.rollout.engine import RolloutEngine
+from lit_rl.rollout.fingerprint import FINGERPRINT_RTOL
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
 
 
@@ -16,15 +17,18 @@ class EngineSession:
     """Set up at the first generation, synced whenever the policy's weights version moved
     (after optimizer steps), awake only while generating, closed at the end of the run.
 
-    Every sync is verified: the engine must report the version it was given and the
-    fingerprint of the policy's trained weights; every generation must come from the
-    current version. An engine that skips a sync is named at the step it happens.
+    Every generation is verified: it must come from the current version, and the fingerprint
+    the engine read from the weights it sampled with must be the one the synced weights have
+    (``lit_rl.rollout.fingerprint``; the engine's answer to the sync). An engine that skips a
+    sync, or whose sync did not reach or corrupted its weights, is named at the step it
+    happens.
     """
 
     def __init__(self, engine: RolloutEngine, sampling: SamplingParams) -> None:
         self.engine = engine
         self.sampling = sampling
         self.is_setup = False
+        self.expected_fingerprint = float("nan")  # of the version last synced
 
     def generate(self, policy: nn.Module, request: GenerationRequest, version: int) -> Generation:
         """Sample ``request`` with ``policy``'s weights at ``version`` (whole weights: under
@@ -46,19 +50,24 @@ class EngineSession:
                 f"the policy is at version {version} (optimizer step): the engine serves old "
                 "weights"
             )
+        held, expected = generation.weights_fingerprint, self.expected_fingerprint
+        sampled = generation.completion_ids.shape[0] > 0  # an empty batch read no weights
+        if sampled and not math.isclose(held, expected, rel_tol=FINGERPRINT_RTOL, abs_tol=1e-12):
+            raise StaleWeightsError(
+                f"{engine.name} sampled with weights of fingerprint {held:.9g}, read from its "
+                f"own storage, but version {version} of the policy has {expected:.9g}: the "
+                "weights it samples with are not the ones it was synced to (a sync that did "
+                "not reach them, or changed them)"
+            )
         return generation
 
     def sync(self, policy: nn.Module, version: int) -> None:
         engine = self.engine
-        reported = engine.sync_weights(policy, version)
-        expected = weights_fingerprint(trained_weights(policy))
-        if engine.weights_version != version or not math.isclose(
-            reported, expected, rel_tol=1e-9, abs_tol=1e-9
-        ):
+        self.expected_fingerprint = engine.sync_weights(policy, version)
+        if engine.weights_version != version:
             raise StaleWeightsError(
-                f"{engine.name} was synced to weights version {version} (fingerprint "
-                f"{expected:.9g}) but reports version {engine.weights_version} with fingerprint "
-                f"{reported:.9g}: the sync did not reach the engine"
+                f"{engine.name} was synced to weights version {version} but reports version "
+                f"{engine.weights_version}: the sync did not reach the engine"
             )
 
     def close(self) -> None:

@@ -24,13 +24,24 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 
 from lit_rl.models.lora import base_state_dict, merged_state_dict
-from lit_rl.rollout.engine import NOT_SYNCED, trained_weights, weights_fingerprint
+from lit_rl.rollout.engine import NOT_SYNCED
+from lit_rl.rollout.fingerprint import adapter_fingerprint, dense_fingerprint, policy_fingerprint
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
 
 log = logging.getLogger(__name__)
 
 # The adapter ranks vLLM serves (vllm.config.lora.MaxLoRARanks), where it does not say itself.
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def base_checksum(policy: nn.Module) -> float:
+    """A cheap checksum of the frozen weights beneath the adapters (every 997th entry of each
+    tensor), to tell when they moved."""
+    total = torch.zeros((), dtype=torch.float64)
+    for index, p in enumerate(q for q in policy.parameters() if not q.requires_grad):
+        sample = p.detach().reshape(-1)[::997].double()
+        total = total + ((index + 1) * sample.sum() + sample.square().sum()).cpu()
+    return float(total)
 
 
 def free_port() -> int:
@@ -154,7 +165,6 @@ class VLLMEngine:
         self.kv_cache_memory_bytes = kv_cache_memory_bytes
         self.enforce_eager = enforce_eager
         self.weights_version = NOT_SYNCED
-        self.weights_fingerprint = float("nan")
         self.vllm: ModuleType | None = None
         self.llm: Any = None
         self.sleep_mode = False  # decided at setup, from the platform
@@ -185,9 +195,10 @@ class VLLMEngine:
         lora: dict[str, Any] = {}
         if self.uses_adapter:
             config = policy.peft_config[policy.active_adapter]
-            lora = dict(
-                enable_lora=True, max_lora_rank=served_lora_rank(config.r, vllm), max_loras=1
-            )
+            rank = served_lora_rank(config.r, vllm)
+            # float32 adapters, as the trainer's: the fingerprint read from vLLM's slots then
+            # agrees to float32 rounding (and the adapter path computes as the trainer's).
+            lora = dict(enable_lora=True, max_lora_rank=rank, max_loras=1, lora_dtype=torch.float32)
             self.adapter_dir = Path(tempfile.mkdtemp(prefix="lit_rl-vllm-lora-"))
         self.sleep_mode = self._sleep_mode(vllm)
         max_model_len = self.max_prompt_length + sampling.max_new_tokens
@@ -231,7 +242,7 @@ class VLLMEngine:
         if self.uses_adapter:
             # The base weights beneath the adapter: the policy's, which a reference sync (or a
             # checkpoint written after one) may have moved away from the files vLLM read.
-            base = weights_fingerprint(p for p in policy.parameters() if not p.requires_grad)
+            base = base_checksum(policy)
             if base != self.base_fingerprint:
                 self.reload(base_state_dict(policy))
                 self.base_fingerprint = base
@@ -253,15 +264,38 @@ class VLLMEngine:
             )
             self.reload(state)
         self.weights_version = version
-        self.weights_fingerprint = weights_fingerprint(trained_weights(policy))
-        return self.weights_fingerprint
+        # What vLLM must then hold: the adapter, or (merged) the embedding and norms, which
+        # are all that stays readable of weights its CPU backend repacks.
+        return policy_fingerprint(policy, adapters=self.uses_adapter)
+
+    def model_runner(self) -> Any:  # noqa: ANN401
+        """vLLM's model runner in this process (the in-process executor's worker)."""
+        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
 
     def reload(self, state: dict[str, torch.Tensor]) -> None:
         """Weights into vLLM's model in place, by checkpoint names (its CPU backend has
         repacked the linear weights, so they go through vLLM's own reload)."""
-        runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-        runner.reload_weights(weights_iterator=iter(state.items()))
+        self.model_runner().reload_weights(weights_iterator=iter(state.items()))
         self.llm.reset_prefix_cache()
+
+    def held_fingerprint(self) -> float:
+        """The fingerprint of the weights vLLM samples with, read from vLLM: the adapter in its
+        LoRA slots (after a generation, which loads it), else its embedding and norms."""
+        runner = self.model_runner()
+        if self.uses_adapter:
+            layers = importlib.import_module(f"{self.vllm.__name__}.lora.layers.base_linear")
+            slots = runner.lora_manager._adapter_manager.lora_index_to_id
+            slot = slots.index(self.lora_request.lora_int_id)
+            pairs = [
+                (a[slot, 0], b[slot, 0])
+                for module in runner.model.modules()
+                if isinstance(module, layers.BaseLinearLayerWithLoRA)
+                for a, b in zip(module.lora_a_stacked, module.lora_b_stacked, strict=True)
+            ]
+            return adapter_fingerprint(pairs)
+        named = list(runner.model.named_parameters())
+        embedding = [p for n, p in named if "embed_tokens" in n and p.ndim == 2]
+        return dense_fingerprint(embedding + [p for n, p in named if "norm" in n and p.ndim == 1])
 
     @torch.no_grad()
     def generate(self, request: GenerationRequest) -> Generation:
@@ -306,11 +340,9 @@ class VLLMEngine:
                 [step[token].logprob for step, token in zip(row.logprobs, tokens, strict=True)]
             )
         device = request.prompt_ids.device
+        held = self.held_fingerprint() if rows else float("nan")
         return Generation(
-            completion_ids.to(device),
-            logprobs.to(device),
-            self.weights_version,
-            self.weights_fingerprint,
+            completion_ids.to(device), logprobs.to(device), self.weights_version, held
         )
 
     def sleep(self) -> None:

@@ -15,6 +15,7 @@ from lit_rl.rollout import (
     InProcessEngine,
     SamplingParams,
     StaleWeightsError,
+    policy_fingerprint,
 )
 
 
@@ -43,7 +44,10 @@ class FixedRows(InProcessEngine):
         ids = torch.tensor([row] * request.num_rows)
         logprobs = -torch.arange(ids.numel(), dtype=torch.float32).view(ids.shape) / 10
         return Generation(
-            ids, logprobs, self.weights_version + self.offset, self.weights_fingerprint
+            ids,
+            logprobs,
+            self.weights_version + self.offset,
+            policy_fingerprint(self.synced_policy()),
         )
 
 

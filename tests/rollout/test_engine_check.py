@@ -13,6 +13,7 @@ from lit_rl.modules import GRPOModule
 from lit_rl.rollout import (
     Generation,
     GenerationRequest,
+    HFGenerateEngine,
     InProcessEngine,
     LogprobCheck,
     PackedEngine,
@@ -20,8 +21,7 @@ from lit_rl.rollout import (
     SamplerMismatchWarning,
     StaleWeightsError,
     completion_mask_from_eos,
-    trained_weights,
-    weights_fingerprint,
+    policy_fingerprint,
 )
 from tests.conftest import fit_rollouts, tiny_module_args
 
@@ -29,7 +29,7 @@ from tests.conftest import fit_rollouts, tiny_module_args
 class CopyingEngine(InProcessEngine):
     """Samples from its own copy of the policy, taken at each sync, like an engine that holds
     its own weights; ``skip_version``: the sync it silently skips (keeping the old copy);
-    ``lie``: report the live policy's fingerprint all the same; ``shift``: added to every
+    ``lie``: report the live policy's fingerprint as its own; ``shift``: added to every
     reported logprob."""
 
     name = "CopyingEngine"
@@ -38,25 +38,21 @@ class CopyingEngine(InProcessEngine):
         super().__init__()
         self.skip_version, self.lie, self.shift = skip_version, lie, shift
         self.inner = PackedEngine()
-        self.copy: torch.nn.Module | None = None
+        self.live: torch.nn.Module | None = None
 
     def sync_weights(self, policy: torch.nn.Module, version: int) -> float:
+        self.live = policy
         if version != self.skip_version:
-            self.copy = copy.deepcopy(policy)
-            self.inner.sync_weights(self.copy, version)
+            self.inner.sync_weights(copy.deepcopy(policy), version)
         self.weights_version = version
-        self.weights_fingerprint = weights_fingerprint(
-            trained_weights(policy if self.lie else self.copy)
-        )
-        return self.weights_fingerprint
+        return policy_fingerprint(policy)
 
     def generate(self, request: GenerationRequest) -> Generation:
-        out = self.inner.generate(request)
+        out = self.inner.generate(request)  # read from its packed copy of the copy
+        held = policy_fingerprint(self.live) if self.lie else out.weights_fingerprint
         counted = completion_mask_from_eos(out.completion_ids, request.eos_token_ids)
         logprobs = out.logprobs + self.shift * counted
-        return Generation(
-            out.completion_ids, logprobs, self.weights_version, self.weights_fingerprint
-        )
+        return Generation(out.completion_ids, logprobs, self.weights_version, held)
 
 
 def _fit(tiny_model_dir, engine, steps, check=None):
@@ -66,7 +62,9 @@ def _fit(tiny_model_dir, engine, steps, check=None):
 
 
 def test_an_engine_that_skips_a_sync_is_named_at_that_step(tiny_model_dir):
-    with pytest.raises(StaleWeightsError, match="CopyingEngine was synced to weights version 1"):
+    with pytest.raises(
+        StaleWeightsError, match="CopyingEngine sampled with weights of fingerprint .* version 1"
+    ):
         _fit(tiny_model_dir, CopyingEngine(skip_version=1), steps=3)
 
 
@@ -102,7 +100,7 @@ def test_the_default_engine_logs_its_version_and_fingerprint_every_step(tiny_mod
                 (
                     int(metrics["rollout/weights_version"]),
                     float(metrics["rollout/weights_fingerprint"]),
-                    weights_fingerprint(trained_weights(pl_module.policy)),
+                    policy_fingerprint(pl_module.policy),
                 )
             )
 
@@ -153,3 +151,77 @@ def test_an_unknown_correction_is_named(tiny_model_dir):
         SamplerCorrection("tis")
     with pytest.raises(ValueError, match="needs 0 <= low < 1 < high, got low=0.5, high=1.0"):
         SamplerCorrection("token_mask", high=1.0)
+
+
+class SkippingPackedEngine(PackedEngine):
+    """The shipped PackedEngine, but its sync at version 1 does not reach it."""
+
+    def sync_weights(self, policy, version):
+        if version == 1:
+            return policy_fingerprint(policy)  # says nothing, changes nothing
+        return super().sync_weights(policy, version)
+
+
+class StaleHFGenerateEngine(HFGenerateEngine):
+    """The shipped HFGenerateEngine, but from version 1 on it samples a copy of version 0's
+    weights while reporting the new version."""
+
+    def sync_weights(self, policy, version):
+        expected = super().sync_weights(policy, version)
+        if version == 0:
+            self.frozen = copy.deepcopy(policy)
+        self.policy = self.frozen
+        return expected
+
+
+def test_a_skipped_or_stale_sync_of_each_in_process_engine_stops_the_run_by_name(tiny_model_dir):
+    with pytest.raises(StaleWeightsError, match="PackedEngine was synced to weights version 1"):
+        _fit(tiny_model_dir, SkippingPackedEngine(), steps=3)
+    with pytest.raises(
+        StaleWeightsError, match="HFGenerateEngine sampled with weights of fingerprint"
+    ):
+        _fit(tiny_model_dir, StaleHFGenerateEngine(), steps=3)
+
+
+def test_a_packed_copy_that_differs_from_the_policy_stops_the_run_by_name(
+    tiny_model_dir, monkeypatch
+):
+    # The fingerprint is read from the decoder PackedEngine samples with: a packing that gets
+    # one adapter entry wrong (here, from version 1 on) is caught, not only a missed sync.
+    from lit_rl.rollout import decoder, packed_engine
+
+    class Corrupted(decoder.PackedDecoder):
+        def __init__(self, model, rows=None):
+            super().__init__(model, rows)
+            if float(self.layers[0].qkv.lora_b.abs().sum()) > 0:  # B = 0 until a step
+                self.layers[0].qkv.lora_b[0, 0] += 1e-3
+
+    monkeypatch.setattr(packed_engine, "PackedDecoder", Corrupted)
+    with pytest.raises(StaleWeightsError, match="PackedEngine sampled with weights of fingerprint"):
+        _fit(tiny_model_dir, PackedEngine(), steps=3)
+
+
+def test_engines_read_the_fingerprint_of_their_own_layout(tiny_model_dir):
+    # Fused q/k/v, scalings folded into B: the packed copy's fingerprint is the policy's to
+    # float32 rounding, for adapters and for full weights; a step's change is far larger.
+    from peft import LoraConfig
+
+    from lit_rl.models import apply_lora, load_model
+    from lit_rl.rollout.decoder import PackedDecoder
+
+    model = load_model(str(tiny_model_dir))
+    lora = apply_lora(
+        load_model(str(tiny_model_dir)),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "up_proj"],
+            init_lora_weights=False,
+        ),
+    )
+    for network in (model, lora):
+        expected, held = policy_fingerprint(network), PackedDecoder(network).fingerprint()
+        assert held == pytest.approx(expected, rel=1e-12) and expected > 0
+        with torch.no_grad():
+            next(p for p in network.parameters() if p.requires_grad and p.ndim == 2).mul_(1.0001)
+        assert PackedDecoder(network).fingerprint() != pytest.approx(expected, rel=1e-6)

@@ -12,7 +12,8 @@ from lightning.pytorch import Callback
 from transformers import LlamaForCausalLM
 
 from lit_rl.modules import GRPOModule
-from lit_rl.rollout import LogprobCheck, VLLMEngine
+from lit_rl.rewards import FunctionReward
+from lit_rl.rollout import LogprobCheck, StaleWeightsError, VLLMEngine, policy_fingerprint
 from tests.conftest import build_tokenizer, fit_rollouts, tiny_llama_config, tiny_module_args
 
 pytestmark = pytest.mark.vllm
@@ -175,3 +176,31 @@ def test_a_killed_run_resumes_exactly_with_vllm(model_dir, tmp_path):
     resumed = test_resume.fit(runs["killed"] / "config.yaml", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     test_resume.assert_same_run(runs["uninterrupted"], runs["killed"])
+
+
+class SkippingVLLMEngine(VLLMEngine):
+    """The real VLLMEngine, but its sync at version 1 does not reach vLLM (the old adapter, or
+    the old weights, stay); it still reports version 1."""
+
+    def sync_weights(self, policy, version):
+        if version != 1:
+            return super().sync_weights(policy, version)
+        self.weights_version = version
+        return policy_fingerprint(policy, adapters=self.uses_adapter)
+
+
+@pytest.mark.parametrize(
+    ("lora", "engine_args"),
+    [(True, {}), (False, {})],
+    ids=["adapter", "full-finetuning"],
+)
+def test_a_sync_that_does_not_reach_vllm_stops_the_run_by_name(model_dir, lora, engine_args):
+    # The fingerprint is read from vLLM's own storage (its LoRA slots; its embedding and norms
+    # for full weights), so the run stops at the step the engine went stale, by name.
+    # A reward that differs between completions: the first step moves the weights.
+    varied = FunctionReward(lambda p, c, b: [float(sum(map(ord, x)) % 7) for x in c], name="v")
+    module_args = {"reward": varied} | ({} if lora else {"lora": None, "learning_rate": 1e-3})
+    with pytest.raises(
+        StaleWeightsError, match="VLLMEngine sampled with weights of fingerprint .* version 1"
+    ):
+        _fit(model_dir, SkippingVLLMEngine(**engine_args), **module_args)
