@@ -1,4 +1,4 @@
-"""The default recipe on the embedded SmolLM2-135M for two short steps: the newcomer's path."""
+"""The recipes on the embedded SmolLM2-135M for a few short steps: the newcomer's path."""
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -58,3 +58,27 @@ def test_ppo_recipe_trains_the_embedded_model(tmp_path):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"train/policy_loss", "train/value_loss", "rollout/kl", "rollout/values"} <= scalars
+
+
+@pytest.mark.parametrize("recipe", ["grpo_math_feedback", "grpo_math_calculator"])
+def test_environment_recipes_train_the_embedded_model(recipe, tmp_path):
+    # SmolLM2's own chat template extends episodes by appending (its renderer is built).
+    run_cli(
+        [
+            "fit",
+            "--config",
+            f"recipes/{recipe}.yaml",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            "--trainer.max_steps=1",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.limit_val_batches=0",
+            "--model.init_args.max_completion_length=16",
+            "--model.init_args.num_generations=2",
+            "--model.init_args.episodes.max_episode_tokens=64",
+        ]
+    )
+    events = EventAccumulator(str(tmp_path / recipe / "version_0"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"rollout/episode/turns", "rollout/episode/environment_tokens", "train/loss"} <= scalars
+    assert events.Scalars("rollout/logprob_mismatch_k3")[0].value < 1e-2  # bf16 or float32

@@ -48,7 +48,7 @@ from lit_rl.algorithms.sampler_mismatch import (
     sampler_correction_weights,
     sampler_mismatch,
 )
-from lit_rl.algorithms.shaping import overlong_penalty, token_level_rewards
+from lit_rl.algorithms.shaping import last_counted_token, overlong_penalty, token_level_rewards
 
 __all__ = [
     "AGGREGATIONS",
@@ -74,6 +74,7 @@ __all__ = [
     "grpo_loss",
     "importance_ratio",
     "kl_penalty",
+    "last_counted_token",
     "leave_one_out_advantages",
     "masked_mean",
     "micro_batch_weight",

@@ -59,19 +59,21 @@ def leave_one_out_advantages(
 
 def discounted_returns(
     token_rewards: torch.Tensor,  # [N, T]
-    completion_mask: torch.Tensor,  # [N, T] bool, a prefix per row
+    completion_mask: torch.Tensor,  # [N, T] bool
     gamma: float = 1.0,
 ) -> torch.Tensor:  # [N, T]
-    """``G_t = sum_{s >= t} gamma^(s - t) r_s`` over each completion's counted tokens, 0 on
-    padding: the Monte-Carlo return REINFORCE++ (Hu et al., 2025, Eq. 6) uses as advantage
-    before normalising it."""
-    rewards = token_rewards * completion_mask
+    """``G_t = sum_{s >= t} gamma^(k(s) - k(t)) r_s`` over each row's counted tokens, 0 on the
+    others: the Monte-Carlo return REINFORCE++ (Hu et al., 2025, Eq. 6) uses as advantage
+    before normalising it. ``k(t)`` numbers the counted tokens, so the discount counts the
+    policy's own tokens only (an episode's environment tokens, mask 0, are not its actions)."""
+    mask = completion_mask.bool()
+    rewards = token_rewards * mask
     returns = torch.zeros_like(rewards)
     running = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
+        running = torch.where(mask[:, t], rewards[:, t] + gamma * running, running)
         returns[:, t] = running
-    return returns * completion_mask
+    return returns * mask
 
 
 def process_supervised_advantages(
@@ -119,23 +121,26 @@ def gae(
 ) -> tuple[torch.Tensor, torch.Tensor]:  # ([N, T], [N, T])
     """Generalised Advantage Estimation (Schulman et al., 2016, Eq. 16).
 
-    ``delta_t = r_t + gamma * V_{t+1} - V_t`` and ``A_t = sum_l (gamma * lam)^l delta_{t+l}``,
-    with ``V`` after a completion's last token taken as 0 (the episode ends there).
-    ``completion_mask`` must be a prefix per row (right padding), as completions are.
-    Returns ``(advantages, returns)`` with ``returns = advantages + values``; both are 0 on
-    padding.
+    ``delta_t = r_t + gamma * V_{t'} - V_t`` and ``A_t = sum_l (gamma * lam)^l delta_{t+l}``
+    over the counted tokens of a row, where ``t'`` is the next counted token after ``t`` and
+    ``V`` after a row's last counted token is 0 (the episode ends there). Tokens outside the
+    mask are skipped, not stepped through: in a multi-turn episode the environment's tokens
+    (mask 0) are not the policy's actions, so the bootstrap runs from one sampled token to the
+    next sampled one. For a completion (the mask a prefix) this is the usual recursion.
+    Returns ``(advantages, returns)`` with ``returns = advantages + values``; both are 0 where
+    the mask is 0.
     """
-    mask = completion_mask.to(values.dtype)
+    mask = completion_mask.bool()
     rewards = rewards * mask
     values = values * mask
     advantages = torch.zeros_like(values)
-    running = torch.zeros_like(values[:, 0])
-    num_tokens = values.shape[1]
-    for t in reversed(range(num_tokens)):
-        next_value = values[:, t + 1] if t + 1 < num_tokens else torch.zeros_like(running)
+    running = torch.zeros_like(values[:, 0])  # A at the next counted token
+    next_value = torch.zeros_like(running)  # V at the next counted token
+    for t in reversed(range(values.shape[1])):
+        counted = mask[:, t]
         delta = rewards[:, t] + gamma * next_value - values[:, t]
-        # Past the last real token rewards and values are 0, so the tail stays at 0.
-        running = delta + gamma * lam * running
+        running = torch.where(counted, delta + gamma * lam * running, running)
+        next_value = torch.where(counted, values[:, t], next_value)
         advantages[:, t] = running
     advantages = advantages * mask
     return advantages, (advantages + values) * mask

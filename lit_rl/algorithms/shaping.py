@@ -5,7 +5,7 @@ import torch
 
 def token_level_rewards(
     rewards: torch.Tensor,  # [N]
-    completion_mask: torch.Tensor,  # [N, T] bool, a prefix per row
+    completion_mask: torch.Tensor,  # [N, T] bool
     kl: torch.Tensor | None = None,  # [N, T]
     kl_coef: float = 0.0,
 ) -> torch.Tensor:  # [N, T]
@@ -16,14 +16,21 @@ def token_level_rewards(
     the reward of completion i at token t is ``R_i * [t = last] - kl_coef * KL_it``. Padding
     gets 0. With ``kl=None`` (GRPO) only the sequence reward remains.
     """
-    last = completion_mask.sum(dim=1) - 1  # [N] index of each completion's last counted token
-    if (last < 0).any():
-        raise ValueError("every completion needs at least one counted token in completion_mask")
+    last = last_counted_token(completion_mask)  # [N]
     token_rewards = torch.zeros(completion_mask.shape, dtype=rewards.dtype, device=rewards.device)
     token_rewards[torch.arange(rewards.shape[0], device=rewards.device), last] = rewards
     if kl is not None:
         token_rewards = token_rewards - kl_coef * kl.to(rewards.dtype) * completion_mask
     return token_rewards
+
+
+def last_counted_token(completion_mask: torch.Tensor) -> torch.Tensor:  # [N, T] -> [N] long
+    """The index of each row's last True: the completion's last token (its EOS when it
+    stopped), an episode's last sampled token (its mask has the environment's turns as gaps)."""
+    if not completion_mask.any(dim=1).all():
+        raise ValueError("every completion needs at least one counted token in completion_mask")
+    positions = torch.arange(completion_mask.shape[1], device=completion_mask.device)
+    return (positions * completion_mask).argmax(dim=1)
 
 
 def overlong_penalty(

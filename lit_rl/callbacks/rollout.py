@@ -17,7 +17,6 @@ from lit_rl.experience import (
     ExperienceSpec,
     make_experience,
     require_members,
-    stopped_at_eos,
 )
 from lit_rl.rollout import LogprobCheck
 from lit_rl.state import require_keys
@@ -69,7 +68,7 @@ class RolloutCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After configure_model: the policy exists (setup runs before it is built).
         policy = pl_module.models.policy
-        self._check_context(trainer, policy, pl_module.sampler.sampling.max_new_tokens)
+        self._check_context(trainer, policy, pl_module.sampler.max_rollout_tokens)
         if self.dynamic_sampling is not None and pl_module.experience_spec().num_generations < 2:
             raise ValueError(
                 "dynamic sampling keeps groups whose rewards differ, and num_generations=1 "
@@ -97,7 +96,7 @@ class RolloutCallback(Callback):
 
     @staticmethod
     def _check_context(trainer: Trainer, policy: torch.nn.Module, max_new: int) -> None:
-        """Prompt + completion must fit the model's context window."""
+        """Prompt + completion (or episode) must fit the model's context window."""
         context = getattr(policy.config, "max_position_embeddings", None)
         max_prompt = (
             getattr(trainer.datamodule, "max_prompt_length", None) if trainer.datamodule else None
@@ -107,9 +106,9 @@ class RolloutCallback(Callback):
         needed = max_prompt + max_new
         if needed > context:
             raise ValueError(
-                f"max_prompt_length ({max_prompt}) + max_completion_length "
-                f"({max_new}) = {needed} exceeds the model's context of "
-                f"{context} tokens: lower one of them"
+                f"max_prompt_length ({max_prompt}) + the rollout's tokens "
+                f"(max_completion_length, or episodes.max_episode_tokens: {max_new}) = "
+                f"{needed} exceeds the model's context of {context} tokens: lower one of them"
             )
 
     def on_train_batch_start(
@@ -142,8 +141,7 @@ class RolloutCallback(Callback):
                 self._pause_logging(trainer)
                 return
         pl_module.handoff.put(experience)
-        eos_token_ids = pl_module.sampler.eos_token_ids
-        metrics |= rollout_metrics(experience, spec, eos_token_ids, dict(self.filling_seconds))
+        metrics |= rollout_metrics(experience, spec, dict(self.filling_seconds))
         self.filling_seconds.clear()
         for name, value in metrics.items():
             # Means over processes: every process samples as many prompts and groups.
@@ -275,18 +273,16 @@ def seed_rollout(base_seed: int, index: int, rank: int, stream: int = TRAINING) 
 
 
 def rollout_metrics(
-    experience: Experience,
-    spec: ExperienceSpec,
-    eos_token_ids: tuple[int, ...],
-    seconds: dict[str, float],
+    experience: Experience, spec: ExperienceSpec, seconds: dict[str, float]
 ) -> dict[str, torch.Tensor]:
     """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md):
     ``reward`` is the rewards' mean (the reward's total, with DAPO's overlong penalty when
     on), ``return`` each completion's return (its reward minus the KL in the reward, when the
-    algorithm folds one in) averaged."""
-    rewards, mask = experience.rewards, experience.completion_mask
-    completion_ids = experience.input_ids[:, -experience.num_completion_tokens :]
-    truncated = ~stopped_at_eos(completion_ids, mask, eos_token_ids)
+    algorithm folds one in) averaged; ``completion_len`` counts the sampled tokens (an
+    episode's environment tokens are ``episode/environment_tokens``)."""
+    rewards, mask, truncated = experience.rewards, experience.completion_mask, experience.truncated
+    if truncated is None:
+        raise ValueError("rollout_metrics needs the Experience's truncated flags (make_experience)")
     metrics = {
         "rollout/reward": rewards.mean(),
         "rollout/return": experience.token_rewards.sum(dim=1).mean(),
@@ -294,6 +290,7 @@ def rollout_metrics(
         "rollout/truncated_fraction": truncated.float().mean(),
         "rollout/advantage_std": global_std(experience.advantages[mask]),
         **{f"rollout/reward/{k}": v.mean() for k, v in experience.reward_components.items()},
+        **{f"rollout/episode/{k}": v.mean() for k, v in experience.episode_stats.items()},
         **{f"rollout/{phase}_time": torch.tensor(s) for phase, s in seconds.items()},
         "rollout/weights_version": torch.tensor(experience.weights_version),
         "rollout/weights_fingerprint": torch.tensor(experience.weights_fingerprint),

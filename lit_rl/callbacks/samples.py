@@ -15,7 +15,8 @@ def _cell(text: str) -> str:
 
 class SampleLoggerCallback(Callback):
     """Every ``every_n_steps`` rollout batches, log one prompt's group of completions as a table
-    under ``rollout/samples`` (TensorBoard's Text tab).
+    under ``rollout/samples`` (TensorBoard's Text tab); a multi-turn episode shows whole, the
+    tokens the environment wrote between ``⟦`` and ``⟧``.
 
     Args:
         every_n_steps: training batches (rollouts) between panels.

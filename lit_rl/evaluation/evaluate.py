@@ -40,7 +40,7 @@ class EvaluationBatch:
 
     greedy_correct: torch.Tensor  # [B] bool
     greedy_reward: torch.Tensor  # [B] float32
-    greedy_length: torch.Tensor  # [B] long, completion tokens through EOS
+    greedy_length: torch.Tensor  # [B] long, sampled tokens (a completion's through EOS)
     sample_correct: torch.Tensor | None  # [B, n] bool, n = num_samples (None when 0)
     majority_correct: torch.Tensor | None  # [B] bool: the most voted answer is correct
 
@@ -72,13 +72,15 @@ def evaluate_batch(
     version: int,
     where: str,
 ) -> EvaluationBatch:
-    """Greedy completions of ``batch``'s prompts (and ``plan.num_samples`` sampled ones per
-    prompt) by ``sampler`` with the weights at ``version``, scored by ``reward``."""
+    """Greedy rollouts of ``batch``'s prompts (and ``plan.num_samples`` sampled ones per
+    prompt) by ``sampler`` with the weights at ``version``, scored by ``reward``: completions,
+    or episodes for an ``EpisodeSampler`` (the answer its last turn)."""
     fields = {key: values for key, values in batch.items() if isinstance(values, list)}
 
     def completions(num: int, greedy: bool) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-        sampled = sampler.sample(batch["input_ids"], batch["attention_mask"], num, version, greedy)
+        sampled = sampler.rollouts(batch, num, version, greedy)
         repeated = {key: [v for v in values for _ in range(num)] for key, values in fields.items()}
+        repeated |= sampled.fields  # an episode's environment reward
         output = call_reward(reward, repeated["prompt"], sampled.texts, repeated, where)
         return sampled.mask, sampled.texts, output.total.float()
 

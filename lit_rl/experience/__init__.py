@@ -28,7 +28,7 @@ from lit_rl.experience.experience import Experience, concatenate
 from lit_rl.experience.handoff import ExperienceHandoff, TrainedBatch, UpdateResult
 from lit_rl.experience.pipeline import PromptBatch, make_experience
 from lit_rl.experience.spec import ExperienceSpec, Overlong
-from lit_rl.experience.steps import stopped_at_eos, token_char_ends, token_step_ends
+from lit_rl.experience.steps import token_char_ends, token_step_ends
 
 __all__ = [
     "GAE",
@@ -54,7 +54,6 @@ __all__ = [
     "make_experience",
     "missing_members",
     "require_members",
-    "stopped_at_eos",
     "token_char_ends",
     "token_step_ends",
 ]

@@ -14,6 +14,7 @@ from lit_rl.algorithms import (
     discounted_returns,
     gae,
     group_normalized_advantages,
+    last_counted_token,
     leave_one_out_advantages,
     process_supervised_advantages,
     whiten,
@@ -110,7 +111,7 @@ class ReinforcePlusPlus(AdvantageEstimator):
         token_rewards = inputs.token_rewards
         if self.baseline == "group_mean":
             group_mean = inputs.rewards.view(-1, inputs.group_size).mean(dim=1)  # [N/G]
-            last = mask.sum(dim=1) - 1  # [N] each completion's last counted token
+            last = last_counted_token(mask)  # [N]
             shift = torch.zeros_like(token_rewards)
             shift[torch.arange(len(last)), last] = group_mean.repeat_interleave(inputs.group_size)
             token_rewards = token_rewards - shift

@@ -18,9 +18,11 @@ class Experience:
     fine once advantages are computed.
     """
 
-    input_ids: torch.Tensor  # [N, P+T] prompt tokens then completion tokens
+    input_ids: torch.Tensor  # [N, P+T] prompt tokens then completion (or episode) tokens
     attention_mask: torch.Tensor  # [N, P+T] 1 = real token (prompt padding is 0)
-    completion_mask: torch.Tensor  # [N, T] bool, True up to and including the first EOS
+    # [N, T] bool, True on the tokens the policy sampled: a completion's up to and including its
+    # first EOS; a multi-turn episode's turns, with the environment's tokens as gaps
+    completion_mask: torch.Tensor
     rewards: torch.Tensor  # [N] outcome reward (the reward's total)
     token_rewards: torch.Tensor  # [N, T] reward per token: outcome on the last, minus KL if asked
     advantages: torch.Tensor  # [N, T] 0 on padding
@@ -40,6 +42,8 @@ class Experience:
     completions: list[str] = field(default_factory=list)  # N completion texts
     # [N] bool, rows the loss leaves out (truncated completions, mask_truncated_completions)
     loss_excluded: torch.Tensor | None = None
+    truncated: torch.Tensor | None = None  # [N] bool, out of budget (make_experience sets it)
+    episode_stats: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], episodes
     group_size: int = 1  # G: rows k*G .. k*G+G-1 are prompt k's group, as built
     weights_version: int = -1  # the optimizer step whose weights sampled the rows
     weights_fingerprint: float = float("nan")  # of those weights (lit_rl.rollout)

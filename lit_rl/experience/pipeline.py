@@ -9,9 +9,9 @@ from lit_rl.algorithms import kl_penalty, overlong_penalty, token_level_rewards
 from lit_rl.experience.contract import ExperienceModule
 from lit_rl.experience.estimators import AdvantageInputs
 from lit_rl.experience.experience import Experience
-from lit_rl.experience.steps import stopped_at_eos, token_step_ends
+from lit_rl.experience.steps import token_step_ends
 from lit_rl.models import Sequences
-from lit_rl.rewards import call_reward
+from lit_rl.rewards import call_reward, reward_name
 
 PromptBatch = dict[str, Any]  # input_ids/attention_mask [B, P] (left padded), fields: B-lists
 
@@ -31,28 +31,28 @@ def make_experience(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
-    # 1. Sample G completions per prompt (prompt-major rows) with the current weights.
-    prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-    sampled = sampler.sample(prompt_ids, prompt_mask, group_size, version=module.global_step)
+    # 1. Sample G rollouts per prompt (prompt-major rows) with the current weights: single
+    #    completions, or episodes against an environment (the sampler's choice).
+    sampled = sampler.rollouts(batch, group_size, version=module.global_step)
     completion_ids, completion_mask, completions = sampled.ids, sampled.mask, sampled.texts
     seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
 
     # 2. Reward: outcome rewards [N], and step rewards [N, S] from a process reward.
-    fields = {  # dataset fields, repeated so that row i describes completion i
+    fields = {  # dataset fields, repeated so that row i describes rollout i
         key: [v for v in values for _ in range(group_size)]
         for key, values in batch.items()
         if isinstance(values, list)
-    }
+    } | sampled.fields
     reward = call_reward(module.reward, fields["prompt"], completions, fields, where)
-    device = prompt_ids.device
+    device = completion_ids.device
     rewards = reward.total.to(device)
     components = dict(reward.components)
-    stopped = stopped_at_eos(completion_ids, completion_mask, sampler.eos_token_ids)  # [N]
+    stopped = ~sampled.truncated  # [N]
     overlong = spec.overlong
     if overlong.buffer_length > 0:  # DAPO's soft overlong punishment, in the reward
         penalty = overlong_penalty(
             completion_mask.sum(dim=1),
-            sampler.sampling.max_new_tokens,
+            sampler.max_rollout_tokens,  # an episode's sampled tokens: against its budget
             overlong.buffer_length,
             overlong.penalty_factor,
         ).to(rewards.dtype)
@@ -61,6 +61,12 @@ def make_experience(
     step_rewards = None if reward.step_rewards is None else reward.step_rewards.to(device)
     step_ends = None
     if reward.step_ends is not None:
+        if sampled.stats:
+            raise ValueError(
+                f"reward '{reward_name(module.reward)}' returns step rewards for a completion's "
+                "text, but these rollouts are multi-turn episodes: use an outcome reward "
+                "(e.g. lit_rl.environments.EpisodeReward) with episodes"
+            )
         step_ends = token_step_ends(
             completion_ids.cpu(),
             completion_mask.cpu(),
@@ -72,10 +78,8 @@ def make_experience(
     seconds["reward"], start = time.perf_counter() - start, time.perf_counter()
 
     # 3. Log-probabilities under pi_old and pi_ref, values under the critic.
-    input_ids = torch.cat([prompt_ids.repeat_interleave(group_size, 0), completion_ids], dim=1)
-    attention_mask = torch.cat(
-        [prompt_mask.repeat_interleave(group_size, 0), torch.ones_like(completion_ids)], dim=1
-    )
+    input_ids = torch.cat([sampled.prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([sampled.prompt_mask, torch.ones_like(completion_ids)], dim=1)
     scored = module.logprobs_and_values(
         Sequences(input_ids, attention_mask, completion_ids.shape[1])
     )
@@ -125,9 +129,11 @@ def make_experience(
         step_ends=step_ends,
         reward_components=components,
         prompts=fields["prompt"],
-        completions=completions,
+        completions=sampled.transcripts or completions,
         # DAPO's overlong filtering: a truncated completion's tokens leave the loss.
         loss_excluded=~stopped if overlong.mask_truncated_completions else None,
+        truncated=sampled.truncated,
+        episode_stats=dict(sampled.stats),
         group_size=group_size,
         weights_version=sampled.weights_version,
         weights_fingerprint=sampled.weights_fingerprint,

@@ -84,15 +84,3 @@ def token_step_ends(
             ends = torch.where(last, length - 1, ends)
         token_ends[row] = torch.where(valid, ends, -1)
     return token_ends
-
-
-def stopped_at_eos(
-    completion_ids: torch.Tensor,  # [N, T]
-    completion_mask: torch.Tensor,  # [N, T] bool, a prefix per row
-    eos_token_ids: tuple[int, ...],
-) -> torch.Tensor:  # [N] bool
-    """Whether each completion's last counted token is an EOS (it stopped, not truncated)."""
-    last = (completion_mask.sum(dim=1) - 1).clamp(min=0)  # [N]
-    last_ids = completion_ids.gather(1, last[:, None]).squeeze(1)
-    eos = torch.tensor(eos_token_ids, device=completion_ids.device)
-    return torch.isin(last_ids, eos) & completion_mask.any(dim=1)

@@ -15,6 +15,7 @@ from peft import LoraConfig
 from torch import nn
 
 from lit_rl.algorithms import KLEstimator, SamplerCorrection
+from lit_rl.environments import Episodes
 from lit_rl.evaluation import EvaluationMetrics, EvaluationPlan, evaluate_batch
 from lit_rl.experience import (
     AdvantageEstimator,
@@ -34,7 +35,13 @@ from lit_rl.models import (
     load_tokenizer,
 )
 from lit_rl.rewards import RewardFn, check_reward_fields, reward_fields
-from lit_rl.rollout import CompletionSampler, RolloutEngine, SamplingParams, default_engine
+from lit_rl.rollout import (
+    CompletionSampler,
+    EpisodeSampler,
+    RolloutEngine,
+    SamplingParams,
+    default_engine,
+)
 from lit_rl.state import plain, require_keys
 from lit_rl.strategies import (
     build_policy_models,
@@ -85,6 +92,8 @@ class PolicyModule(LightningModule):
         evaluation: how validation scores the held-out split (``EvaluationPlan``).
         sampler_correction: reweighting for the engine-trainer gap (``SamplerCorrection``).
         overlong: DAPO's overlong punishment and filtering (``lit_rl.experience.Overlong``).
+        episodes: multi-turn rollouts against an environment (``lit_rl.environments.Episodes``);
+            ``None``: one completion per rollout.
         max_nonfinite_steps: NaN/inf optimizer steps in a row (each skipped) that stop the run.
     """
 
@@ -110,21 +119,24 @@ class PolicyModule(LightningModule):
         evaluation: EvaluationPlan | None = None,
         sampler_correction: SamplerCorrection | None = None,
         overlong: Overlong | None = None,
+        episodes: Episodes | None = None,
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        if overlong is not None and overlong.buffer_length > max_completion_length:
+        budget = max_completion_length if episodes is None else episodes.max_episode_tokens
+        if overlong is not None and overlong.buffer_length > budget:
             raise ValueError(
-                f"overlong.buffer_length ({overlong.buffer_length}) must be <= "
-                f"max_completion_length ({max_completion_length})"
+                f"overlong.buffer_length ({overlong.buffer_length}) must be <= the length "
+                f"budget (max_completion_length, or episodes.max_episode_tokens: {budget})"
             )
         self.sampling = SamplingParams(max_completion_length, temperature, top_p, do_sample=True)
         # Objects enter the checkpoint's hyperparameters as plain values (it loads with
         # weights_only), or not at all.
         settings = {"lora": lora, "sampler_correction": sampler_correction, "overlong": overlong}
-        ignore = ["reward", "advantage_estimator", "engine", "evaluation", *settings]
+        ignore = ["reward", "advantage_estimator", "engine", "evaluation", "episodes", *settings]
         self.save_hyperparameters(ignore=ignore)
         self.hparams.update({name: plain(value) for name, value in settings.items()})
+        self.episodes = episodes  # its environment is a class to call, not a plain value
         self.automatic_optimization = False
         self.reward = reward
         self.tokenizer = load_tokenizer(model)
@@ -185,9 +197,15 @@ class PolicyModule(LightningModule):
             models = self._built_models()
             eos = tuple(models.eos_token_ids(self.tokenizer.eos_token_id))
             engine = self.engine or default_engine(self.device)
-            self._sampler = CompletionSampler(
-                engine, models.policy, self.tokenizer, eos, self.sampling, gathered_weights
-            )
+            policy, sampling = models.policy, self.sampling
+            if self.episodes is None:
+                self._sampler = CompletionSampler(
+                    engine, policy, self.tokenizer, eos, sampling, gathered_weights
+                )
+            else:
+                self._sampler = EpisodeSampler(
+                    engine, policy, self.tokenizer, eos, sampling, self.episodes, gathered_weights
+                )
         return self._sampler
 
     def policy_logprobs(

@@ -133,7 +133,7 @@ class GRPOModule(PolicyModule):
             sampler_weights=correction,
             kl_estimator=self.loss_kl_estimator,
             importance_sampling_level=self.importance_sampling_level,
-            max_completion_length=self.sampling.max_new_tokens,
+            max_completion_length=self.sampler.max_rollout_tokens,  # (an episode's budget)
         )
         self.manual_backward(loss * weight)
         entropy = masked_mean(entropy, micro.loss_mask)

@@ -3,7 +3,8 @@ and decoded for the reward; rollouts and evaluation both sample through it."""
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,14 +20,37 @@ WholeWeights = Callable[[nn.Module], AbstractContextManager[nn.Module]]
 
 @dataclass(frozen=True)
 class Completions:
-    """N = B x G sampled completions, prompt-major (rows k*G .. k*G+G-1 answer prompt k)."""
+    """N = B x G rollouts, prompt-major (rows k*G .. k*G+G-1 answer prompt k): one completion
+    per row, or one multi-turn episode per row (``lit_rl.rollout.EpisodeSampler``), where
+    everything after the first prompt (the model's turns and the environment's answers, as
+    one token sequence) is the completion and its mask marks the tokens the policy sampled."""
 
-    ids: torch.Tensor  # [N, T] pad_token_id after each row's EOS
-    mask: torch.Tensor  # [N, T] bool, True up to and including the first EOS
-    texts: list[str]  # N decoded completions (through the EOS, special tokens skipped)
-    logprobs: torch.Tensor  # [N, T] float32, the engine's logprob of each sampled token
+    prompt_ids: torch.Tensor  # [N, P] left-padded: the prompt of each row
+    prompt_mask: torch.Tensor  # [N, P] 1 = real token
+    ids: torch.Tensor  # [N, T] pad_token_id after each row's end
+    # [N, T] bool, True on the tokens the policy sampled (what trains): a completion's up to
+    # and including its first EOS; an episode's turns, with its environment tokens as gaps
+    mask: torch.Tensor
+    texts: list[str]  # N texts the reward reads: the completion, or the episode's last turn
+    logprobs: torch.Tensor  # [N, T] float32, the engine's logprob of each sampled token, else 0
+    truncated: torch.Tensor  # [N] bool: out of budget (a completion without EOS, an episode
+    # that was not done)
     weights_version: int  # the optimizer step whose weights sampled them
     weights_fingerprint: float  # of those weights, as the engine holds them
+    transcripts: list[str] = field(default_factory=list)  # N, for sample panels (episodes:
+    # the environment's spans marked); empty = the texts
+    fields: dict[str, list[Any]] = field(default_factory=dict)  # per-row fields for the reward
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], logged
+
+    def to(self, device: torch.device) -> "Completions":
+        """Every tensor on ``device``."""
+        moved = {
+            name: value.to(device)
+            for name, value in vars(self).items()
+            if isinstance(value, torch.Tensor)
+        }
+        stats = {name: value.to(device) for name, value in self.stats.items()}
+        return replace(self, **moved, stats=stats)
 
 
 class CompletionSampler:
@@ -64,6 +88,11 @@ class CompletionSampler:
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 
+    @property
+    def max_rollout_tokens(self) -> int:
+        """Tokens after the prompt a rollout may hold (an episode's budget overrides it)."""
+        return self.sampling.max_new_tokens
+
     def sample(
         self,
         prompt_ids: torch.Tensor,  # [B, P] left-padded
@@ -71,12 +100,16 @@ class CompletionSampler:
         num_generations: int,
         version: int,
         greedy: bool = False,
+        max_new_tokens: int | None = None,
     ) -> Completions:
         """``num_generations`` completions per prompt from the policy's weights at ``version``
-        (optimizer steps taken), sampled at the training distribution or greedily."""
+        (optimizer steps taken), sampled at the training distribution or greedily, with the
+        training budget of new tokens or ``max_new_tokens``."""
         sampling = self.sampling
         if greedy:
             sampling = SamplingParams(sampling.max_new_tokens, do_sample=False)
+        if max_new_tokens is not None:
+            sampling = replace(sampling, max_new_tokens=max_new_tokens)
         request = GenerationRequest(
             prompt_ids,
             prompt_mask,
@@ -89,17 +122,30 @@ class CompletionSampler:
             generation = self.session.generate(policy, request, version)
         ids = generation.completion_ids
         mask = completion_mask_from_eos(ids, self.eos_token_ids)
+        eos = torch.tensor(self.eos_token_ids, device=ids.device)
         rows = torch.where(mask, ids, self.pad_token_id).tolist()
         # (transformers 5.19 decodes no rows as one empty text)
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True) if rows else []
+        repeated_ids, repeated_mask = request.repeated_prompts()
         return Completions(
+            prompt_ids=repeated_ids,
+            prompt_mask=repeated_mask,
             ids=ids,
             mask=mask,
             texts=texts,
             logprobs=generation.logprobs,
+            truncated=~(torch.isin(ids, eos) & mask).any(dim=1),
             weights_version=generation.weights_version,
             weights_fingerprint=generation.weights_fingerprint,
         )
+
+    def rollouts(
+        self, batch: dict[str, Any], num_generations: int, version: int, greedy: bool = False
+    ) -> Completions:
+        """``num_generations`` rollouts of each of ``batch``'s prompts (its ``input_ids`` and
+        ``attention_mask``, [B, P]): here completions; an ``EpisodeSampler``'s are episodes."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        return self.sample(ids, mask, num_generations, version, greedy)
 
     def decode(self, ids: list[int]) -> str:
         """The text of token ids as the reward sees completions (special tokens skipped)."""

@@ -130,8 +130,10 @@ class VLLMEngine:
         sleep_mode: sleep between generations; ``None`` = where the platform supports it.
         lora_as_adapter: sync LoRA policies as adapters (else merged weights).
         dtype: vLLM's weights dtype; ``None`` = the policy's.
-        max_prompt_length: the longest prompt in tokens (the data's ``max_prompt_length``):
-            vLLM's context is this plus ``max_completion_length``, and its KV cache sized so.
+        max_prompt_length: the longest prompt in tokens (the data's ``max_prompt_length``;
+            with multi-turn episodes, plus ``max_episode_tokens``: a turn's prompt is the
+            conversation so far): vLLM's context is this plus ``max_completion_length``, and
+            its KV cache sized so.
         max_num_seqs: sequences vLLM decodes at once.
         kv_cache_memory_bytes: vLLM's KV cache; ``None`` = on a CPU ``max_num_seqs`` full
             contexts, on a GPU what ``gpu_memory_utilization`` leaves.
@@ -305,7 +307,8 @@ class VLLMEngine:
             raise ValueError(
                 f"a prompt of {int(lengths.max())} tokens is longer than VLLMEngine's "
                 f"max_prompt_length={self.max_prompt_length}: raise it to the data's "
-                "max_prompt_length"
+                "max_prompt_length (with episodes, plus episodes.max_episode_tokens: each turn's "
+                "prompt is the conversation so far)"
             )
         if self.asleep:  # the weights are back (wake); the KV cache only now, after the sync
             self.llm.wake_up(tags=["kv_cache"])

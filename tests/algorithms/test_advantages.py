@@ -212,3 +212,25 @@ def test_discounted_returns_hand_values():
         returns,
         torch.tensor([[0.2, 0.4, 1.0, 0.0], [0.8, 2.0, 0.0, 0.0]], **F64),
     )
+
+
+def test_gae_skips_an_episodes_environment_tokens():
+    # A two-turn episode: sampled tokens at 0, 1 and 4 (the environment wrote 2 and 3), then
+    # padding. GAE runs over the sampled tokens as one sequence, bootstrapping from token 1 to
+    # token 4: the same numbers as test_gae_hand_values on [0, 1, 4]; the environment's
+    # tokens and their rewards and values (99, 55) count nowhere.
+    rewards = torch.tensor([[0.0, 0.0, 99.0, 99.0, 1.0, 0.0]], **F64)
+    values = torch.tensor([[0.5, 0.6, 55.0, 55.0, 0.7, 123.0]], **F64)
+    mask = torch.tensor([[True, True, False, False, True, False]])
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.5)
+    torch.testing.assert_close(adv, torch.tensor([[0.11425, 0.165, 0, 0, 0.3, 0]], **F64))
+    torch.testing.assert_close(ret, torch.tensor([[0.61425, 0.765, 0, 0, 1.0, 0]], **F64))
+
+
+def test_discounted_returns_discount_sampled_tokens_only():
+    # Sampled at 0, 2, 3: G_3 = 1, G_2 = -0.1 + 0.5 * 1, G_0 = 0 + 0.5 * 0.4 (token 1, the
+    # environment's, is neither a reward nor a discount step).
+    token_rewards = torch.tensor([[0.0, 9.0, -0.1, 1.0]], **F64)
+    mask = torch.tensor([[True, False, True, True]])
+    returns = discounted_returns(token_rewards, mask, gamma=0.5)
+    torch.testing.assert_close(returns, torch.tensor([[0.2, 0.0, 0.4, 1.0]], **F64))

@@ -4,6 +4,7 @@ import torch
 from lit_rl.algorithms import (
     AdaptiveKLController,
     kl_penalty,
+    last_counted_token,
     overlong_penalty,
     token_level_rewards,
 )
@@ -67,3 +68,13 @@ def test_overlong_penalty_is_dapo_eq13():
     torch.testing.assert_close(penalty, expected)
     with pytest.raises(ValueError, match="buffer_length must be in"):
         overlong_penalty(lengths, max_length=64, buffer_length=0)
+
+
+def test_the_reward_lands_on_an_episodes_last_sampled_token():
+    # The mask has gaps (the environment's tokens) and ends before the padding.
+    mask = torch.tensor(
+        [[True, False, False, True, True, False], [False, True, False, False, False, False]]
+    )
+    assert last_counted_token(mask).tolist() == [4, 1]
+    shaped = token_level_rewards(torch.tensor([2.0, 3.0]), mask)
+    assert torch.equal(shaped, torch.tensor([[0, 0, 0, 0, 2.0, 0], [0, 3.0, 0, 0, 0, 0]]))

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch import Callback
 
 from lit_rl.algorithms import grpo_loss, process_supervised_advantages
-from lit_rl.experience import GAE, Overlong, ProcessSupervised, stopped_at_eos
+from lit_rl.experience import GAE, Overlong, ProcessSupervised
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
 from tests.conftest import built, fit_rollouts, tiny_module_args
@@ -55,6 +55,12 @@ class Capture(Callback):
             }
 
 
+def _stopped(completion_ids, mask, eos_token_ids):
+    """[N] bool: the completion's last counted token is an EOS."""
+    last = completion_ids.gather(1, (mask.sum(1) - 1)[:, None]).squeeze(1)
+    return torch.isin(last, torch.tensor(eos_token_ids))
+
+
 def _module(tiny_model_dir, **kwargs):
     return GRPOModule(**tiny_module_args(tiny_model_dir, **{"max_completion_length": 10, **kwargs}))
 
@@ -75,7 +81,8 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
     reward = ChunkParity()(e.prompts, e.completions, {})
     decode = lambda ids: module.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
     completion_ids = e.input_ids[:, -t:]
-    stopped = stopped_at_eos(completion_ids, e.completion_mask, module.sampler.eos_token_ids)
+    stopped = _stopped(completion_ids, e.completion_mask, module.sampler.eos_token_ids)
+    assert torch.equal(e.truncated, ~stopped)
     for i in range(n):
         last_end = int(reward.step_ends[i].max())
         for j in range(e.step_ends.shape[1]):
@@ -203,7 +210,7 @@ def test_overlong_penalty_and_truncated_completions_leave_the_loss(tiny_model_di
     outcome = components["contains_target"] + components["brevity"]  # the reward's total
     torch.testing.assert_close(e.rewards, outcome + penalty)
     t = e.completion_mask.shape[1]
-    stopped = stopped_at_eos(e.input_ids[:, -t:], e.completion_mask, module.sampler.eos_token_ids)
+    stopped = _stopped(e.input_ids[:, -t:], e.completion_mask, module.sampler.eos_token_ids)
     assert torch.equal(e.loss_excluded, ~stopped) and (~stopped).any()
     assert not e.loss_mask[~stopped].any()
     # The loss counts only the tokens of completions that stopped.

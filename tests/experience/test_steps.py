@@ -4,7 +4,7 @@ and on the embedded model's byte-level BPE; the last step of a stopped completio
 import pytest
 import torch
 
-from lit_rl.experience import stopped_at_eos, token_char_ends, token_step_ends
+from lit_rl.experience import token_char_ends, token_step_ends
 from lit_rl.models import load_tokenizer
 from tests.conftest import build_tokenizer
 
@@ -39,8 +39,7 @@ def test_char_tokenizer_steps_end_at_their_last_character_and_the_last_at_eos():
     # Row 0 stopped (EOS after "abcd"), row 1 was truncated after "abcd".
     ids = torch.tensor([text_ids + [eos, pad], text_ids + [pad, pad]])
     mask = torch.tensor([[True] * 6 + [False], [True] * 5 + [False] * 2])
-    stopped = stopped_at_eos(ids, mask, (eos,))
-    assert stopped.tolist() == [True, False]
+    stopped = torch.tensor([True, False])
     # "ab" ends at token 1; "abc" at token 3 (after the empty special token); "abcd" is the
     # last step: at the EOS (token 5) when the row stopped, at "d" (token 4) when truncated;
     # past the text -> the last counted token; -1 stays padding.

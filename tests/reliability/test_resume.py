@@ -1,7 +1,7 @@
 """A run that was stopped and resumed through ``--ckpt_path last`` equals the run that was
 never interrupted: every step's logged losses, rewards and KL, and the final weights, bit for
-bit. Killed with SIGKILL after a step (GRPO and PPO, with and without LoRA, across an epoch
-boundary, a reference sync before the kill and one after it, minibatch shuffling, experience
+bit. Killed with SIGKILL after a step (GRPO and PPO, with and without LoRA, GRPO on
+multi-turn episodes against an environment, across an epoch boundary, a reference sync before the kill and one after it, minibatch shuffling, experience
 lost in flight), killed halfway through a checkpoint write, and stopped by SIGTERM/SIGINT.
 Each run is the ``lit-rl`` CLI in its own process."""
 
@@ -21,7 +21,14 @@ KILLED_AT = 4  # the kill comes in batch 5, after the checkpoint of batch 4 (mid
 STEPS_PER_BATCH = {"grpo": 2, "ppo": 4}  # optimizer steps: (ppo_epochs x) num_mini_batches
 
 
-def config(algorithm: str, lora: bool, model_dir: Path, out: Path, steps_per_batch: int) -> dict:
+def config(
+    algorithm: str,
+    lora: bool,
+    model_dir: Path,
+    out: Path,
+    steps_per_batch: int,
+    episodes: bool = False,
+) -> dict:
     model = {
         "model": str(model_dir),
         "dtype": "float32",
@@ -36,6 +43,13 @@ def config(algorithm: str, lora: bool, model_dir: Path, out: Path, steps_per_bat
         "num_mini_batches": 2,  # the shuffle generator's state matters
         "evaluation": {"num_samples": 2},  # pass@2 samples: seeded per evaluation
     }
+    if episodes:  # multi-turn, against an environment that answers with a seed of its reset
+        model["episodes"] = {
+            "environment": {"class_path": "tests.environments.toy.Guess"},
+            "max_turns": 3,
+            "max_episode_tokens": 80,
+        }
+        model["reward"] = {"class_path": "lit_rl.environments.EpisodeReward"}
     if algorithm == "ppo":
         model |= {"ppo_epochs": 2, "kl_coef": 0.05, "value_learning_rate": 1e-2}
         if not lora:  # the critic is a second model (with LoRA, an adapter on the policy)
@@ -98,14 +112,17 @@ def steps(out: Path) -> list[dict]:
     return [row for row in records(out) if "step" in row]
 
 
-def prepare(algorithm: str, lora: bool, model_dir: Path, root: Path, *names: str) -> dict:
+def prepare(
+    algorithm: str, lora: bool, model_dir: Path, root: Path, *names: str, episodes: bool = False
+) -> dict:
     """A folder with the run's config for each of ``names``."""
     runs = {}
     for name in names:
         out = root / name
         out.mkdir()
         runs[name] = out
-        run_config = config(algorithm, lora, model_dir, out, STEPS_PER_BATCH[algorithm])
+        every = STEPS_PER_BATCH[algorithm]
+        run_config = config(algorithm, lora, model_dir, out, every, episodes)
         (out / "config.yaml").write_text(yaml.safe_dump(run_config))
     return runs
 
@@ -148,14 +165,21 @@ def uninterrupted_grpo(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("algorithm", "lora"),
-    [("grpo", True), ("grpo", False), ("ppo", True), ("ppo", False)],
-    ids=["grpo-lora", "grpo-full", "ppo-lora", "ppo-full"],
+    ("algorithm", "lora", "episodes"),
+    [
+        ("grpo", True, False),
+        ("grpo", False, False),
+        ("ppo", True, False),
+        ("ppo", False, False),
+        ("grpo", True, True),
+    ],
+    ids=["grpo-lora", "grpo-full", "ppo-lora", "ppo-full", "grpo-lora-episodes"],
 )
 def test_sigkill_then_resume_equals_the_uninterrupted_run(
-    algorithm, lora, tiny_model_dir, tmp_path
+    algorithm, lora, episodes, tiny_model_dir, tmp_path
 ):
-    runs = prepare(algorithm, lora, tiny_model_dir, tmp_path, "uninterrupted", "killed")
+    names = ("uninterrupted", "killed")
+    runs = prepare(algorithm, lora, tiny_model_dir, tmp_path, *names, episodes=episodes)
     first = fit(runs["uninterrupted"] / "config.yaml")
     assert first.returncode == 0, first.stderr[-3000:]
     killed = fit(
@@ -167,6 +191,10 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(
     resumed = fit(runs["killed"] / "config.yaml", "--ckpt_path=last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(runs["uninterrupted"], runs["killed"])
+    if episodes:  # the runs were multi-turn, and rewarded
+        rows = steps(runs["uninterrupted"])
+        assert max(row["rollout/episode/turns"] for row in rows) > 1
+        assert any(row["rollout/reward"] > 0 for row in rows)
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(

@@ -204,3 +204,19 @@ def test_a_sync_that_does_not_reach_vllm_stops_the_run_by_name(model_dir, lora, 
         StaleWeightsError, match="VLLMEngine sampled with weights of fingerprint .* version 1"
     ):
         _fit(model_dir, SkippingVLLMEngine(**engine_args), **module_args)
+
+
+def test_episodes_are_sampled_turn_by_turn_by_the_real_vllm(model_dir):
+    # Every turn a batch of the live episodes' conversations; the engine's logprobs of the
+    # sampled turns are the trainer's (float32), the environment's tokens masked out.
+    from lit_rl.environments import EpisodeReward, Episodes
+    from tests.environments.toy import Guess
+
+    episodes = Episodes(Guess, max_turns=3, max_episode_tokens=80, max_observation_tokens=30)
+    engine = VLLMEngine(max_prompt_length=256 + 80)
+    trainer, module, state = _fit(
+        model_dir, engine, steps=2, reward=EpisodeReward(), episodes=episodes
+    )
+    assert max(state.k3) < 1e-6
+    turns = trainer.callback_metrics["rollout/episode/turns"].item()
+    assert turns > 1

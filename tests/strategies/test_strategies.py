@@ -22,7 +22,7 @@ from lit_rl.models import save_policy
 from tests.strategies import worker
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = ("grpo_lora", "ppo_lora", "grpo_full")
+CASES = ("grpo_lora", "ppo_lora", "grpo_full", "ppo_episodes")
 ATOL = 1e-5
 # Fractions of tokens (clip ratios) flip a token where two float roundings tie: 1 in ~80.
 FRACTION_ATOL = 0.02

@@ -8,6 +8,7 @@ results must agree. Writes the logged metrics and the full state dict of the mod
 """
 
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from torch.utils.data import DataLoader
 from lit_rl.callbacks import RolloutCallback
 from lit_rl.callbacks.checkpoint import export_policy
 from lit_rl.data import generate_problems
+from lit_rl.environments import EpisodeReward, Episodes
 from lit_rl.models import Sequences, completion_logprobs, load_tokenizer
 from lit_rl.modules import GRPOModule, PolicyModule, PPOModule
+from lit_rl.rewards import WeightedSum
 from lit_rl.rollout import (
     Generation,
     GenerationRequest,
@@ -31,6 +34,7 @@ from lit_rl.rollout import (
 )
 from lit_rl.strategies import FSDP2Strategy, full_state_dict
 from tests.byo_reward import ContainsTargetCharacter
+from tests.environments.toy import Guess
 
 NUM_PROMPTS = 4  # the global batch: 4 prompts x G = 2 completions
 GROUP = 2
@@ -117,6 +121,13 @@ def build_module(case: str, model_dir: str) -> PolicyModule:
         return GRPOModule(**{**common, "learning_rate": 1e-3}, lora=None)
     if case == "ppo_lora":
         return PPOModule(**common, lora=lora, ppo_epochs=2, kl_target=0.01)
+    if case == "ppo_episodes":  # GAE over turns; an environment that ignores its seed (the
+        # processes draw other seeds than one process), so the episodes are the same
+        episodes = Episodes(partial(Guess, "no, again"), max_turns=3, max_episode_tokens=40)
+        # The environment's reward, and the last turn's by ContainsTargetCharacter (with a
+        # length bonus: returns with a spread, so the value statistics are defined).
+        reward = WeightedSum([EpisodeReward(), ContainsTargetCharacter(field="answer")])
+        return PPOModule(**{**common, "reward": reward}, lora=lora, ppo_epochs=2, episodes=episodes)
     raise ValueError(case)
 
 

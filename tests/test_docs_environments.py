@@ -1,0 +1,47 @@
+"""docs/environments.md runs: its Python blocks in order (the first is ``my_environments.py``,
+imported as a module the way a recipe's class_path finds it), and its recipe block builds a
+module whose episodes make fresh instances of that environment."""
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+DOC = Path(__file__).parents[1] / "docs" / "environments.md"
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), re.DOTALL)
+
+
+@pytest.fixture
+def my_environments(tmp_path, monkeypatch):
+    first = blocks("python")[0]
+    assert first.startswith("# my_environments.py")
+    (tmp_path / "my_environments.py").write_text(first)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield __import__("my_environments")
+    sys.modules.pop("my_environments", None)
+
+
+def test_the_python_blocks_run(my_environments):
+    namespace = vars(my_environments).copy()
+    for block in blocks("python")[1:]:
+        exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102 (the doc's own code)
+
+
+def test_the_recipe_block_builds_episodes_of_that_environment(
+    my_environments, tiny_model_dir, tmp_path
+):
+    from lit_rl.cli import LitRLCLI
+
+    (recipe,) = [b for b in blocks("yaml") if "episodes:" in b]
+    recipe = recipe.replace("  init_args:\n", f"  init_args:\n    model: {tiny_model_dir}\n", 1)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(recipe + "data:\n  class_path: lit_rl.data.PromptDataModule\n")
+    cli = LitRLCLI(args=["--config", str(config)], run=False)
+    episodes = cli.model.episodes
+    first, second = episodes.environment(), episodes.environment()
+    assert isinstance(first, my_environments.GuessTheNumber) and first is not second
+    assert (first.low, first.high, episodes.max_turns) == (1, 100, 6)
