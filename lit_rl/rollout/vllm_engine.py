@@ -214,6 +214,7 @@ class VLLMEngine:
         # seeds and draws from torch's RNG: forked, so the rollout's stream (every request's
         # seed) is the same whether or not this rollout is the first of the process.
         devices = [weights.device.index or 0] if weights.device.type == "cuda" else []
+        threads = torch.get_num_threads()  # vLLM drops the process to one for its serving
         with launcher_environment(weights.device.index or 0), torch.random.fork_rng(devices):
             self.llm = vllm.LLM(
                 model=base.config._name_or_path,
@@ -229,6 +230,7 @@ class VLLMEngine:
                 logprobs_mode="processed_logprobs",
                 **lora,
             )
+        torch.set_num_threads(threads)  # the trainer's and vLLM's own forward passes share them
 
     def _sleep_mode(self, vllm: ModuleType) -> bool:
         platforms = importlib.import_module(f"{vllm.__name__}.platforms")

@@ -1,0 +1,129 @@
+"""The default recipe with each rollout engine, side by side in one run on this machine: per
+step the rollout's tokens/s, the step time and the engine-trainer mismatch, and each run's
+peak RSS; float32 and bf16. Run it with an environment that has vLLM (``make test-vllm``
+builds one), or pass ``--engines packed`` alone (engines: packed, hf, vllm, vllm-merged):
+
+    .venv-vllm/bin/python benchmarks/engines_in_training.py --steps 8 --out engines.json
+
+Each run is ``lit-rl fit`` in its own process (the embedded model, LoRA, the recipe's
+settings, no evaluation); the first step, which loads the engine, is left out of the medians.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+ROOT = Path(__file__).parents[1]
+# The engine arguments of each name: vLLM serves a LoRA policy as an adapter, or its merged
+# weights (reloaded every step) with "vllm-merged".
+VLLM = "--model.init_args.engine=lit_rl.rollout.VLLMEngine"
+ENGINES = {
+    "packed": ["--model.init_args.engine=lit_rl.rollout.PackedEngine"],
+    "hf": ["--model.init_args.engine=lit_rl.rollout.HFGenerateEngine"],
+    "vllm": [VLLM],
+    "vllm-merged": [VLLM, "--model.init_args.engine.lora_as_adapter=false"],
+}
+
+
+class StepTimes(Callback):
+    """Appends each step's timings, tokens and mismatch, then the peak RSS, to ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        tokens = m["rollout/completion_len"] * len(pl_module.handoff.trained.experience)
+        row = {
+            "step_s": m["train/step_time"],
+            "generation_s": m["rollout/generation_time"],
+            "tokens": tokens,
+            "tokens_per_s": tokens / m["rollout/generation_time"],
+            "k3": m["rollout/logprob_mismatch_k3"],
+        }
+        with self.path.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        with self.path.open("a") as file:
+            file.write(json.dumps({"peak_rss_mib": peak}) + "\n")
+
+
+def run(
+    engine: str,
+    dtype: str,
+    steps: int,
+    folder: Path,
+    model: str = "embedded",
+    config: str = "recipes/grpo_math.yaml",
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``config`` with ``engine`` and ``dtype`` on ``model`` for ``steps`` steps (``extra``: more
+    overrides): the medians of its steps after the first, and its peak RSS."""
+    out = folder / f"{engine}-{dtype}-{Path(config).stem}.jsonl"
+    command = [
+        sys.executable, "-m", "lit_rl.cli", "fit", "--config", config,
+        *ENGINES[engine], f"--model.init_args.dtype={dtype}", f"--model.init_args.model={model}",
+        f"--trainer.max_steps={steps}", "--trainer.val_check_interval=100000",
+        "--trainer.callbacks=[]",  # the recipe's evaluation, samples and checkpoints off
+        "--trainer.callbacks+=lit_rl.callbacks.RolloutCallback",
+        "--trainer.callbacks+=benchmarks.engines_in_training.StepTimes",
+        f"--trainer.callbacks.path={out}", "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", "--data.init_args.num_val=0", *extra,
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{engine} {dtype} failed:\n{result.stderr[-3000:]}")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    timed = [r for r in rows if "step_s" in r][1:]
+    summary = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
+    summary["k3_max"] = max(r["k3"] for r in timed)
+    return summary | {"peak_rss_mib": rows[-1]["peak_rss_mib"], "steps": len(timed)}
+
+
+def cpu() -> str:
+    """The CPU's model name and the bf16 matmul support that decides bf16 speed here."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if "model name" in line]
+    flags = [f for f in ("amx_bf16", "avx512_bf16") if f in info.split()]
+    return f"{names[0] if names else platform.machine()} ({', '.join(flags) or 'no bf16 matmul'})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", default="packed,vllm")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for dtype in args.dtypes.split(","):
+            for engine in args.engines.split(","):  # one after the other, alone on the machine
+                results[f"{engine} {dtype}"] = run(engine, dtype, args.steps, Path(folder))
+    print(f"## default recipe per engine, {cpu()}, {args.steps - 1} timed steps each")
+    print("| engine, dtype | step s | generation s | tokens/s | k3 (median / max) | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(
+            f"| {name} | {r['step_s']:.2f} | {r['generation_s']:.2f} | {r['tokens_per_s']:.0f} "
+            f"| {r['k3']:.2g} / {r['k3_max']:.2g} | {r['peak_rss_mib']:.0f} |"
+        )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
