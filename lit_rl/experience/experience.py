@@ -182,7 +182,18 @@ def concatenate(experiences: list[Experience], pad_token_id: int) -> Experience:
         elif isinstance(values[0], torch.Tensor):  # [N]
             joined[f.name] = torch.cat(values)
         elif isinstance(values[0], dict):
-            joined[f.name] = {key: torch.cat([v[key] for v in values]) for key in values[0]}
+            # Per-row counts and rewards by name: a part without one (an episode metric no
+            # episode of that draw reported) has 0 there.
+            names = list(dict.fromkeys(key for v in values for key in v))
+            joined[f.name] = {
+                key: torch.cat(
+                    [
+                        v.get(key, torch.zeros(len(e)))
+                        for e, v in zip(experiences, values, strict=True)
+                    ]
+                )
+                for key in names
+            }
         elif isinstance(values[0], list):
             joined[f.name] = [item for v in values for item in v]
         else:  # weights_version, weights_fingerprint: equal in every part

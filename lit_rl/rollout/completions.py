@@ -1,8 +1,8 @@
 """CompletionSampler: the policy's completions for a batch of prompts, sampled by the run's engine
 and decoded for the reward; rollouts and evaluation both sample through it."""
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -83,6 +83,7 @@ class CompletionSampler:
         self.sampling = sampling
         self.whole_weights = whole_weights
         self.session = EngineSession(engine, sampling)
+        self._awake: nn.Module | None = None  # the whole policy, inside awake()
 
     @property
     def pad_token_id(self) -> int:
@@ -118,8 +119,8 @@ class CompletionSampler:
             self.pad_token_id,
             self.eos_token_ids,
         )
-        with self.whole_weights(self.policy) as policy:
-            generation = self.session.generate(policy, request, version)
+        with self.awake(version):
+            generation = self.session.generate(request, version)
         ids = generation.completion_ids
         mask = completion_mask_from_eos(ids, self.eos_token_ids)
         eos = torch.tensor(self.eos_token_ids, device=ids.device)
@@ -138,6 +139,21 @@ class CompletionSampler:
             weights_version=generation.weights_version,
             weights_fingerprint=generation.weights_fingerprint,
         )
+
+    @contextmanager
+    def awake(self, version: int) -> Iterator[nn.Module]:
+        """The policy's whole weights (FSDP2: gathered) and the engine awake and synced to
+        ``version``, for every sample inside: an episode's turns gather and wake once. Nested,
+        the outer one holds."""
+        if self._awake is not None:
+            yield self._awake
+            return
+        with self.whole_weights(self.policy) as policy, self.session.awake(policy, version):
+            self._awake = policy
+            try:
+                yield policy
+            finally:
+                self._awake = None
 
     def rollouts(
         self, batch: dict[str, Any], num_generations: int, version: int, greedy: bool = False

@@ -104,7 +104,8 @@ class EpisodeSampler(CompletionSampler):
                 EpisodeTokens(self.renderer.prompt(messages, env.tool_schemas()))
                 for env, messages in zip(environments, first, strict=True)
             ]
-            weights = self._play(environments, episodes, version, greedy)
+            with self.awake(version):  # every turn on weights gathered and woken once
+                weights = self._play(environments, episodes, version, greedy)
         finally:
             self._answer(environments, "close", [() for _ in environments])
         return self._completions(episodes, *weights).to(batch["input_ids"].device)

@@ -1,6 +1,8 @@
 """EngineSession: the one engine of a run, driven through its lifecycle."""
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -30,9 +32,10 @@ class EngineSession:
         self.is_setup = False
         self.expected_fingerprint = float("nan")  # of the version last synced
 
-    def generate(self, policy: nn.Module, request: GenerationRequest, version: int) -> Generation:
-        """Sample ``request`` with ``policy``'s weights at ``version`` (whole weights: under
-        FSDP2 the caller gathers them for the call)."""
+    @contextmanager
+    def awake(self, policy: nn.Module, version: int) -> Iterator[None]:
+        """The engine set up, awake and synced to ``policy``'s weights at ``version`` for the
+        generations inside (whole weights: under FSDP2 the caller gathers them), asleep after."""
         engine = self.engine
         if not self.is_setup:
             engine.setup(policy, self.sampling)
@@ -41,9 +44,15 @@ class EngineSession:
         try:
             if engine.weights_version != version:
                 self.sync(policy, version)
-            generation = engine.generate(request)
+            yield
         finally:
             engine.sleep()
+
+    def generate(self, request: GenerationRequest, version: int) -> Generation:
+        """Sample ``request`` inside ``awake``; the generation checked against the weights of
+        ``version``."""
+        engine = self.engine
+        generation = engine.generate(request)
         if generation.weights_version != version:
             raise StaleWeightsError(
                 f"{engine.name} sampled with weights version {generation.weights_version}, but "

@@ -71,6 +71,18 @@ def test_concatenate_repads_prompts_left_and_completions_right():
     assert torch.equal(joined.reward_components["correctness"], torch.cat([a.rewards, b.rewards]))
 
 
+def test_concatenate_fills_a_statistic_a_part_lacks_with_zeros():
+    # Episode metrics are sums over an episode's steps: a draw where no episode reported one
+    # (no tool call, say) has 0 of it.
+    a = _experience([1.0, 0.0], prompt_len=4, completion_len=3, seed=0)
+    b = _experience([0.0, 1.0], prompt_len=4, completion_len=3, seed=1)
+    a.episode_stats = {"turns": torch.tensor([1.0, 2.0])}
+    b.episode_stats = {"turns": torch.tensor([3.0, 1.0]), "tool_calls": torch.tensor([2.0, 0.0])}
+    joined = concatenate([a, b], PAD).episode_stats
+    assert joined["turns"].tolist() == [1.0, 2.0, 3.0, 1.0]
+    assert joined["tool_calls"].tolist() == [0.0, 0.0, 2.0, 0.0]
+
+
 def test_concatenated_rows_score_as_they_did_alone():
     """Re-padding moves tokens, not positions: a model scores every counted token the same."""
     tokenizer = build_tokenizer()

@@ -300,3 +300,34 @@ def test_the_environments_tools_reach_a_template_that_shows_them(parts):
     out, _ = run(parts, ["5"], episodes, [ROW])
     prompt = tokenizer.decode(out.prompt_ids[0][out.prompt_mask[0].bool()])
     assert prompt.startswith("<|im_start|>system\ntools: calculate<|im_end|>\n<|im_start|>user\n")
+
+
+def test_the_turns_of_an_episode_batch_gather_and_wake_once(parts):
+    # Under FSDP2 each gather of the whole weights is a collective, and a GPU engine's wake
+    # moves its weights and KV cache back: once per rollout, not once per turn.
+    from contextlib import contextmanager
+
+    tokenizer, model = parts
+    events = []
+
+    class Counting(TurnEngine):
+        def wake(self):
+            events.append("wake")
+
+        def sleep(self):
+            events.append("sleep")
+
+    @contextmanager
+    def gathered(policy):
+        events.append("gather")
+        yield policy
+
+    engine = Counting(tokenizer, ["4", "6", "5"])
+    episodes = Episodes(Guess, max_turns=3)
+    sampler = EpisodeSampler(
+        engine, model, tokenizer, (tokenizer.eos_token_id,), SamplingParams(8), episodes, gathered
+    )
+    batch = {"input_ids": torch.zeros(1, 1, dtype=torch.long), **{k: [v] for k, v in ROW.items()}}
+    out = sampler.rollouts(batch, 2, version=0)
+    assert out.stats["turns"].tolist() == [3.0, 3.0] and len(engine.requests) == 3
+    assert events == ["gather", "wake", "sleep"]

@@ -116,12 +116,14 @@ def test_requests_are_seeded_from_torchs_rng_and_a_second_setup_works(model_dir)
     engine = VLLMEngine()
     sampler = _sampler(model_dir, engine)
     prompts = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    torch.set_num_threads(2)  # vLLM drops the process to one thread: the trainer keeps its
 
     def draw(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
         return sampler.sample(*prompts, num_generations=4, version=0).ids
 
     first = draw(1)
+    assert torch.get_num_threads() == 2
     assert torch.equal(draw(1), first) and not torch.equal(draw(2), first)
     sampler.close()  # the end of fit; then, say, validate in the same process
     assert torch.equal(draw(1), first)
