@@ -21,7 +21,12 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lit_rl.atomic import replace_folder, staging_path
@@ -148,7 +153,10 @@ def shard_policy_models(
 
     A root holds what its layers do not (embeddings, the final norm, an untied output head) and
     is what the trainer calls, so every forward gathers layer by layer. The value head of an
-    adapter critic is sharded on its own: it is called outside the policy's root.
+    adapter critic is sharded on its own: it is called outside the policy's root. ``generate``
+    counts as a forward of the root: transformers' (and peft's) ``generate`` calls the inner
+    model, so without it the first layer would initialise itself as FSDP's root and the
+    trainer's first forward then fail ("FSDP requires running forward through the root").
     """
     for model in (models.policy, models.reference, models.value_model):
         if model is None:
@@ -157,6 +165,8 @@ def shard_policy_models(
             if isinstance(module, GradientCheckpointingLayer):  # transformers' decoder layers
                 fully_shard(module, mesh=mesh, mp_policy=mp_policy)
         fully_shard(model, mesh=mesh, mp_policy=mp_policy)
+        if hasattr(model, "generate"):  # a value model has none
+            register_fsdp_forward_method(model, "generate")
     if models.value_head is not None:
         fully_shard(models.value_head, mesh=mesh, mp_policy=mp_policy)
 

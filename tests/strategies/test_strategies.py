@@ -216,12 +216,15 @@ def _lit_rl_on_two_cpu_processes(recipe: str, *args: str, status: int = 0) -> st
     return result.stderr
 
 
-def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("engine", ["PackedEngine", "HFGenerateEngine"])
+def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path, engine):
     # The recipe as a user runs it: both processes train, evaluate, checkpoint their shards
-    # and export the policy once.
+    # and export the policy once; with the CPU's engine and with the GPU's (transformers'
+    # generate on the gathered policy: FSDP2 must see its first forward at the root).
     _lit_rl_on_two_cpu_processes(
         "grpo_math_fsdp",
         f"--model.init_args.model={tiny_model_dir}",
+        f"--model.init_args.engine=lit_rl.rollout.{engine}",
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--trainer.max_steps=2",
         "--trainer.val_check_interval=2",
