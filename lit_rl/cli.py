@@ -1,4 +1,6 @@
-"""``lit-rl``: LightningCLI over lit_rl's modules and data. ``lit-rl fit --config recipes/x.yaml``.
+"""``lit-rl``: LightningCLI over lit_rl's modules and data (``lit-rl fit --config
+recipes/x.yaml``, ``validate``), and the commands on a trained policy (``generate``,
+``export``: ``lit_rl.commands``).
 
 A user's mistake gets one short message naming the value and the fix, not a parser dump or a
 traceback: configuration errors are digested from jsonargparse's nested report, and the
@@ -7,6 +9,7 @@ lit_rl's own code) print their sentence alone. Anything else (a bug) keeps its t
 does every error when ``LIT_RL_TRACEBACK=1``.
 """
 
+import argparse
 import os
 import re
 import sys
@@ -17,6 +20,7 @@ from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_rl.commands import COMMANDS
 from lit_rl.console import quiet_console
 from lit_rl.errors import INPUT_ERRORS, is_input_error
 from lit_rl.strategies import check_checkpoint_file
@@ -63,7 +67,30 @@ class LitRLArgumentParser(LightningArgumentParser):
         fail(f"{digest(message)}\n  ('{command} --help' lists the options)")
 
 
+# Lightning's own subcommands that mean something for an RL module (its test and predict
+# would call steps the modules do not have), each with its line for `lit-rl --help`.
+LIGHTNING_COMMANDS = {
+    "fit": "train a policy with a recipe: lit-rl fit --config recipes/grpo_math.yaml",
+    "validate": "evaluate a policy on a recipe's held-out problems (greedy, pass@k, maj@k)",
+}
+
+
+def usage() -> str:
+    lines = [(name, text) for name, text in LIGHTNING_COMMANDS.items()]
+    lines += [(name, command.HELP) for name, command in COMMANDS.items()]
+    listed = "\n".join(f"  {name:<9} {text}" for name, text in lines)
+    return (
+        f"usage: lit-rl <command> [options]\n\ncommands:\n{listed}\n\n"
+        "'lit-rl <command> --help' lists a command's options."
+    )
+
+
 class LitRLCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        every = LightningCLI.subcommands()
+        return {name: every[name] for name in LIGHTNING_COMMANDS}
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         # The data module tokenizes with the model's tokenizer and chat template.
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
@@ -116,6 +143,14 @@ def run_cli(args: list[str] | None = None) -> LitRLCLI:
     )
 
 
+def run_command(name: str, args: list[str]) -> None:
+    """One of ``lit_rl.commands`` with its own arguments."""
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"lit-rl {name}", description=command.HELP)
+    command.add_arguments(parser)
+    command.run(parser.parse_args(args))
+
+
 def newest_version_with_last(run_folder: Path) -> str | None:
     """The ``version_N`` folder under ``run_folder`` whose ``checkpoints/last.ckpt`` was
     written last, if any."""
@@ -143,8 +178,18 @@ def main(args: list[str] | None = None) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     quiet_console()
+    words = sys.argv[1:] if args is None else args
+    if not words or words[0] in ("-h", "--help"):
+        print(usage())
+        return
+    known = [*LIGHTNING_COMMANDS, *COMMANDS]
+    if not words[0].startswith("-") and words[0] not in known:
+        fail(f"unknown command '{words[0]}': one of {', '.join(known)} ('lit-rl --help')")
     try:
-        run_cli(args)
+        if words[0] in COMMANDS:
+            run_command(words[0], words[1:])
+        else:
+            run_cli(args)  # None: LightningCLI reads sys.argv itself
     except INPUT_ERRORS as error:
         if os.environ.get(TRACEBACK_VARIABLE) or not is_input_error(error):
             raise

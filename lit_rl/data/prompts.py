@@ -169,7 +169,9 @@ class PromptDataModule(LightningDataModule):
             val = load_rows(self.val_data, self.val_split)
         return train, val[: self.num_val]
 
-    def _prepare(self, rows: list[Row], name: str) -> list[Row]:
+    def prepare(self, rows: list[Row], name: str) -> list[Row]:
+        """``rows`` with their chat-templated prompt (``prompt``, ``prompt_ids``); ``name``
+        says which rows in an error (a row without the prompt field, one too long)."""
         prepared, too_long = [], 0
         for index, row in enumerate(rows):
             if self.prompt_field not in row:
@@ -213,8 +215,8 @@ class PromptDataModule(LightningDataModule):
         if self.train_rows or self.val_rows:
             return
         train, val = self._raw_rows()
-        self.train_rows = self._prepare(train, "train")
-        self.val_rows = self._prepare(val, "validation")
+        self.train_rows = self.prepare(train, "train")
+        self.val_rows = self.prepare(val, "validation")
         processes = self.trainer.world_size if self.trainer else 1
         if stage == "fit" and len(self.train_rows) < self.batch_size * processes:
             raise ValueError(

@@ -70,12 +70,16 @@ def merged_state_dict(
             delta = (b @ a) * module.scaling[adapter]
             weight = weight + (delta.T if module.fan_in_fan_out else delta)
         merged[f"{key}.base_layer.weight"] = weight
-    plain = {}
+    plain: dict[str, torch.Tensor] = {}
+    cast: dict[int, torch.Tensor] = {}  # by tensor: tied weights (embeddings) stay one tensor
     for key, value in state.items():
         if ".lora_" in key:
             continue
         plain_key = key.removeprefix(prefix).replace(".base_layer.", ".")
-        plain[plain_key] = merged.get(key, _at_least_float32(value))
+        if key in merged:
+            plain[plain_key] = merged[key]
+        else:
+            plain[plain_key] = cast.setdefault(id(value), _at_least_float32(value))
     return plain
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lit_rl.cli import main
 from lit_rl.models import save_policy
 from tests.strategies import worker
 
@@ -236,6 +237,13 @@ def test_the_fsdp2_recipe_runs_on_two_cpu_processes(tiny_model_dir, tmp_path, en
     assert (checkpoints / "policy" / "adapter" / "adapter_model.safetensors").is_file()
     meta = torch.load(checkpoints / "last.ckpt" / "meta.pt", weights_only=True)
     assert meta["global_step"] == 2
+    # lit-rl export joins the shards in one process: the policy the run exported at its end.
+    main(["export", str(checkpoints / "last.ckpt"), str(tmp_path / "export")])
+    ours, theirs = (
+        load_file(d / "model.safetensors") for d in (tmp_path / "export", checkpoints / "policy")
+    )
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
 def test_dynamic_sampling_steps_every_process_together(tiny_model_dir, tmp_path):
