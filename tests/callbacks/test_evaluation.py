@@ -79,7 +79,7 @@ def _setup(tiny_model_dir):
     return module, data, expected
 
 
-def _trainer(callbacks, steps=2):
+def _trainer(callbacks, steps=2, interval=1000):
     return Trainer(
         max_steps=steps,
         callbacks=callbacks,
@@ -89,7 +89,7 @@ def _trainer(callbacks, steps=2):
         enable_model_summary=False,
         num_sanity_val_steps=0,
         check_val_every_n_epoch=None,
-        val_check_interval=1000,  # never on the way: only the callback's last evaluation
+        val_check_interval=interval,  # 1000: never on the way, only the callback's last one
     )
 
 
@@ -125,6 +125,25 @@ def test_the_last_evaluation_runs_when_training_ends_and_prints_the_table(tiny_m
         r.getMessage() for r in caplog.records if "lit_rl evaluation after" in r.getMessage()
     )
     assert "lit_rl evaluation after 2 optimizer steps" in table
+
+
+def test_a_run_shorter_than_its_interval_skips_the_last_evaluation_and_says_how(
+    tiny_model_dir, caplog
+):
+    rollout = RolloutCallback(LogprobCheck(enabled=False))
+    module, data, _ = _setup(tiny_model_dir)
+    with caplog.at_level(logging.INFO):
+        trainer = _trainer([rollout, EvaluationCallback(short_runs="skip")])  # 2 < 1000 steps
+        trainer.fit(module, data)
+    assert trainer.global_step == 2 and "val/greedy_accuracy" not in trainer.callback_metrics
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "no held-out evaluation after this 2-step run" in messages
+    assert "lit_rl evaluation after" not in messages
+    # A run as long as its interval is evaluated at the end as before.
+    module, data, _ = _setup(tiny_model_dir)
+    trainer = _trainer([rollout, EvaluationCallback(short_runs="skip")], steps=2, interval=2)
+    trainer.fit(module, data)
+    assert trainer.callback_metrics["val/greedy_accuracy"] == pytest.approx(0.6)
 
 
 def test_without_the_callback_no_last_evaluation_runs(tiny_model_dir):
