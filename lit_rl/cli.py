@@ -14,12 +14,14 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_rl.callbacks import StepProgressBar
 from lit_rl.commands import COMMANDS
 from lit_rl.console import quiet_console
 from lit_rl.errors import INPUT_ERRORS, is_input_error
@@ -94,6 +96,21 @@ class LitRLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         # The data module tokenizes with the model's tokenizer and chat template.
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:  # noqa: ANN401 (LightningCLI's)
+        """The Trainer, with ``StepProgressBar`` in place of the bar Lightning adds by default
+        (a recipe that names a progress bar keeps it)."""
+        # Read before the Trainer, which appends its defaults to this same list.
+        settings = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        configured = settings.trainer.get("callbacks") or []  # (no subcommand: run=False)
+        named_a_bar = any(isinstance(c, ProgressBar) for c in configured)
+        trainer = super().instantiate_trainer(**kwargs)
+        if not named_a_bar:
+            trainer.callbacks = [
+                StepProgressBar() if type(c) in (RichProgressBar, TQDMProgressBar) else c
+                for c in trainer.callbacks
+            ]
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         # `--ckpt_path last` must find the run it continues: a logger with its own save_dir

@@ -1,7 +1,9 @@
-"""Callbacks: rollouts, evaluation, reference syncing, sample panels, policy checkpoints."""
+"""Callbacks: rollouts, evaluation, reference syncing, sample panels, policy checkpoints, the
+progress bar."""
 
 from lit_rl.callbacks.checkpoint import PolicyCheckpoint
 from lit_rl.callbacks.evaluation import EvaluationCallback
+from lit_rl.callbacks.progress import StepProgressBar
 from lit_rl.callbacks.reference_sync import ReferenceSyncCallback
 from lit_rl.callbacks.rollout import RolloutCallback
 from lit_rl.callbacks.samples import SampleLoggerCallback
@@ -12,4 +14,5 @@ __all__ = [
     "ReferenceSyncCallback",
     "RolloutCallback",
     "SampleLoggerCallback",
+    "StepProgressBar",
 ]
