@@ -66,7 +66,7 @@ class StepProgressBar(ProgressBar):
         }
         self.bar.set_postfix(postfix, refresh=True)
         if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
-            self.on_train_end(trainer, pl_module)  # done: the lines after it start below it
+            self._close_bar()  # done: the lines after it start below it
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._shows(trainer) and not trainer.sanity_checking:
@@ -97,6 +97,9 @@ class StepProgressBar(ProgressBar):
             self.accuracies.append((trainer.global_step, float(accuracy)))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._close_bar()
+
+    def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None

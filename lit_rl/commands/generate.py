@@ -13,6 +13,7 @@ import torch
 
 from lit_rl.commands.policy import load_policy
 from lit_rl.data import load_rows
+from lit_rl.modules import PolicyModule
 from lit_rl.rewards import call_reward, check_reward_fields
 
 HELP = "sample completions from a checkpoint, an exported directory or a hub id"
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _sample(
-    module: Any,  # noqa: ANN401 (a PolicyModule)
+    module: PolicyModule,
     batch: dict[str, Any],
     num_samples: int,
     greedy: bool,
