@@ -138,7 +138,7 @@ def test_help_lists_each_command_with_one_line(capsys):
     main(["--help"])
     lines = capsys.readouterr().out.splitlines()
     commands = [line.split()[0] for line in lines if line.startswith("  ")]
-    assert commands == ["fit", "validate", "generate", "export"]
+    assert commands == ["fit", "validate", "generate", "export", "plot"]
 
 
 def test_a_checkpoint_without_its_run_needs_a_config(trained, tmp_path, capsys):
@@ -148,3 +148,12 @@ def test_a_checkpoint_without_its_run_needs_a_config(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", str(alone), "Hi"])
     assert "pass --config with the recipe it was trained with" in capsys.readouterr().err
+
+
+def test_plot_draws_a_real_runs_logs(trained, tmp_path, capsys):
+    _, checkpoint = trained
+    run = Path(checkpoint).parents[1]
+    out = tmp_path / "curve.png"
+    main(["plot", str(run), "--tag", "rollout/reward", "--tag", "train/kl", "--out", str(out)])
+    assert out.stat().st_size > 0
+    assert "drew rollout/reward, train/kl into" in capsys.readouterr().err
