@@ -8,7 +8,12 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -66,6 +71,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = build_tokenizer()
     model = build_tiny_model(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local HF directory of a 2-layer random Llama sequence classifier with one label: a
+    reward model."""
+    directory = tmp_path_factory.mktemp("tiny-reward-model")
+    tokenizer = build_tokenizer()
+    torch.manual_seed(5)
+    config = tiny_llama_config(
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=1
+    )
+    LlamaForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 

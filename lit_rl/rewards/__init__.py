@@ -1,5 +1,5 @@
 """Rewards: how they are called and checked, math correctness (math-verify), format, weighted sums, plain functions,
-process rewards (rule-based arithmetic steps, a learned process reward model)."""
+a learned reward model, process rewards (rule-based arithmetic steps, a learned process reward model)."""
 
 from lit_rl.rewards.base import (
     Batch,
@@ -19,6 +19,7 @@ from lit_rl.rewards.combine import WeightedSum
 from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.math import MathCorrectness, extract_answer
 from lit_rl.rewards.process_model import ProcessRewardModel
+from lit_rl.rewards.reward_model import RewardModel
 from lit_rl.rewards.steps import ArithmeticSteps
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ProcessRewardModel",
     "ReadsFields",
     "RewardFn",
+    "RewardModel",
     "RewardOutput",
     "Step",
     "WeightedSum",

@@ -154,7 +154,9 @@ class FunctionReward:
 
     def __init__(
         self,
-        fn: Callable[[list[str], list[str], Batch], Sequence[float] | torch.Tensor],
+        # Any: jsonargparse would refuse a user's function that lacks a return annotation;
+        # the values are checked when it is called.
+        fn: Callable[[list[str], list[str], Batch], Any],
         name: str | None = None,
     ) -> None:
         self.fn = fn
