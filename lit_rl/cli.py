@@ -165,7 +165,7 @@ def run_command(name: str, args: list[str]) -> None:
     command = COMMANDS[name]
     parser = argparse.ArgumentParser(prog=f"lit-rl {name}", description=command.HELP)
     command.add_arguments(parser)
-    command.run(parser.parse_args(args))
+    command.run(parser.parse_intermixed_args(args))  # prompts may follow the options
 
 
 def newest_version_with_last(run_folder: Path) -> str | None:

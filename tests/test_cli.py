@@ -333,6 +333,8 @@ def test_validate_prints_the_evaluation_table_for_a_checkpoint_and_an_export(
         )
     tables = [r.getMessage() for r in caplog.records if "lit_rl evaluation (" in r.getMessage()]
     assert len(tables) == 2 and "pass@4" in tables[0] and "maj@4" in tables[1]
+    # The checkpoint's steps (validate restores no loop), and none for a model directory.
+    assert "(2 optimizer steps)" in tables[0] and "(0 optimizer steps)" in tables[1]
     # The exported directory (merged weights) scores as the checkpoint (adapters) does.
     ours, theirs = (cli.trainer.callback_metrics for cli in (from_checkpoint, exported))
     assert ours["val/greedy_accuracy"] == theirs["val/greedy_accuracy"]

@@ -30,6 +30,7 @@ class EvaluationCallback(Callback):
         self.at_end = at_end
         self.short_runs = short_runs
         self.table: dict[str, float] = {}
+        self.checkpoint_step = 0  # the optimizer steps of the checkpoint ``validate`` loaded
 
     def is_short(self, trainer: Trainer) -> bool:
         """A run that ``short_runs="skip"`` leaves unevaluated at its end."""
@@ -52,6 +53,13 @@ class EvaluationCallback(Callback):
             # Lightning validates a run asked to stop, not one that ran out of steps.
             trainer.should_stop = not self.is_short(trainer)
 
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # validate restores no loop (its trainer.global_step stays 0): the table's title
+        # reads the checkpoint's own count.
+        self.checkpoint_step = int(checkpoint.get("global_step", 0))
+
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -61,7 +69,7 @@ class EvaluationCallback(Callback):
             if name.startswith("val/")
         }
         if trainer.state.fn == "validate":
-            title = f"lit_rl evaluation ({trainer.global_step} optimizer steps)"
+            title = f"lit_rl evaluation ({self.checkpoint_step} optimizer steps)"
             rank_zero_info(evaluation_table(self.table, title))
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
