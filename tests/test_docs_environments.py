@@ -1,6 +1,6 @@
-"""docs/environments.md runs: its Python blocks in order (the first is ``my_environments.py``,
-imported as a module the way a recipe's class_path finds it), and its recipe block builds a
-module whose episodes make fresh instances of that environment."""
+"""docs/environments.md's recipe block builds a module whose episodes make fresh instances of
+the page's environment (its first Python block, ``my_environments.py``, imported the way a
+recipe's class_path finds it). tests/test_docs.py runs the page's code blocks."""
 
 import re
 import sys
@@ -23,12 +23,6 @@ def my_environments(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield __import__("my_environments")
     sys.modules.pop("my_environments", None)
-
-
-def test_the_python_blocks_run(my_environments):
-    namespace = vars(my_environments).copy()
-    for block in blocks("python")[1:]:
-        exec(compile(block, str(DOC), "exec"), namespace)  # noqa: S102 (the doc's own code)
 
 
 def test_the_recipe_block_builds_episodes_of_that_environment(
