@@ -75,19 +75,26 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
-def tiny_reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A local HF directory of a 2-layer random Llama sequence classifier with one label: a
-    reward model."""
-    directory = tmp_path_factory.mktemp("tiny-reward-model")
+def save_tiny_reward_model(
+    directory: Path, num_labels: int = 1, chat_template: bool = True
+) -> Path:
+    """A 2-layer random Llama sequence classifier (a reward model with one label) and the
+    tiny tokenizer, saved in ``directory``."""
     tokenizer = build_tokenizer()
+    if not chat_template:
+        tokenizer.chat_template = None
     torch.manual_seed(5)
     config = tiny_llama_config(
-        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=1
+        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=num_labels
     )
     LlamaForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_reward_model(tmp_path_factory.mktemp("tiny-reward-model"))
 
 
 def make_rollout(tokenizer, prompts: list[str], completion_length: int = 6, seed: int = 0):

@@ -6,23 +6,10 @@ import torch
 from transformers import LlamaForSequenceClassification
 
 from lit_rl.rewards import RewardModel, check_reward_output
-from tests.conftest import build_tokenizer, tiny_llama_config
+from tests.conftest import build_tokenizer, save_tiny_reward_model
 
 PROMPTS = ["What is 2 + 3?", "What is 2 + 3?", "Name a colour."]
 COMPLETIONS = ["5", "2 + 3 = 5, so the answer is 5.", "Blue."]
-
-
-def _save(directory, num_labels: int = 1, chat_template: bool = True):
-    tokenizer = build_tokenizer()
-    if not chat_template:
-        tokenizer.chat_template = None
-    torch.manual_seed(5)
-    config = tiny_llama_config(
-        len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, num_labels=num_labels
-    )
-    LlamaForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def _score_alone(directory, text: str) -> float:
@@ -55,11 +42,11 @@ def test_scores_are_the_models_logit_at_each_conversations_end(tiny_reward_model
 
 
 def test_without_a_chat_template_and_bad_models(tmp_path):
-    plain = _save(tmp_path / "plain", chat_template=False)
+    plain = save_tiny_reward_model(tmp_path / "plain", chat_template=False)
     reward = RewardModel(str(plain), query_separator=" => ")
     assert reward.conversation("Q", "A") == "Q => A"
     total = reward(["Q"], ["A"], {}).total
     assert total.item() == pytest.approx(_score_alone(plain, "Q => A"), abs=1e-5)
-    two_labels = _save(tmp_path / "two", num_labels=2)
+    two_labels = save_tiny_reward_model(tmp_path / "two", num_labels=2)
     with pytest.raises(ValueError, match="has 2 labels; a reward model has one"):
         RewardModel(str(two_labels))
