@@ -6,6 +6,7 @@ lost in flight), killed halfway through a checkpoint write, and stopped by SIGTE
 Each run is the ``lit-rl`` CLI in its own process."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -19,6 +20,9 @@ ROOT = Path(__file__).parents[2]
 BATCHES = 8  # training batches (rollouts) per run; 3 per epoch, so epochs end at 3 and 6
 KILLED_AT = 4  # the kill comes in batch 5, after the checkpoint of batch 4 (mid-epoch 2)
 STEPS_PER_BATCH = {"grpo": 2, "ppo": 4}  # optimizer steps: (ppo_epochs x) num_mini_batches
+# One thread per run: two runs side by side share this machine's two cores without
+# oversubscribing them (every run of a comparison computes with the same thread count).
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def config(
@@ -99,8 +103,29 @@ def config(
 
 
 def fit(config_file: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(config_file), *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    (result,) = fit_side_by_side((config_file, *args))
+    return result
+
+
+def fit_side_by_side(*runs: tuple[Path | str, ...]) -> list[subprocess.CompletedProcess]:
+    """``lit-rl fit --config CONFIG ARGS...`` for each ``(CONFIG, *ARGS)``, all at once. Output
+    goes to files beside each config, so no process waits on a full pipe."""
+    started = []
+    for config_file, *args in runs:
+        folder = Path(config_file).parent
+        command = [sys.executable, "-m", "lit_rl.cli", "fit", "--config", str(config_file), *args]
+        out, err = (folder / "fit.stdout").open("w+"), (folder / "fit.stderr").open("w+")
+        process = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=out, stderr=err, text=True)
+        started.append((process, out, err))
+    results = []
+    for process, out, err in started:
+        process.wait(timeout=600)
+        with out, err:
+            out.seek(0)
+            err.seek(0)
+            texts = out.read(), err.read()
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, *texts))
+    return results
 
 
 def records(out: Path) -> list[dict]:
@@ -180,12 +205,14 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(
 ):
     names = ("uninterrupted", "killed")
     runs = prepare(algorithm, lora, tiny_model_dir, tmp_path, *names, episodes=episodes)
-    first = fit(runs["uninterrupted"] / "config.yaml")
-    assert first.returncode == 0, first.stderr[-3000:]
-    killed = fit(
-        runs["killed"] / "config.yaml",
-        *probe("KillAfterStep", step=KILLED_AT * STEPS_PER_BATCH[algorithm]),
+    first, killed = fit_side_by_side(
+        (runs["uninterrupted"] / "config.yaml",),
+        (
+            runs["killed"] / "config.yaml",
+            *probe("KillAfterStep", step=KILLED_AT * STEPS_PER_BATCH[algorithm]),
+        ),
     )
+    assert first.returncode == 0, first.stderr[-3000:]
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert len(steps(runs["killed"])) == KILLED_AT  # batch 5's rollout was lost with it
     resumed = fit(runs["killed"] / "config.yaml", "--ckpt_path=last")
