@@ -119,7 +119,12 @@ def fit_side_by_side(*runs: tuple[Path | str, ...]) -> list[subprocess.Completed
         started.append((process, out, err))
     results = []
     for process, out, err in started:
-        process.wait(timeout=600)
+        try:
+            process.wait(timeout=600)
+        except subprocess.TimeoutExpired:  # as subprocess.run does: no run outlives its test
+            for other, _, _ in started:
+                other.kill()
+            raise
         with out, err:
             out.seek(0)
             err.seek(0)
