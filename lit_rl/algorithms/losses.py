@@ -292,9 +292,13 @@ def value_loss(
     """Clipped value loss (PPO2 baselines; Ouyang et al., 2022):
     ``1/2 * mean(max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2))`` over counted tokens.
 
-    Returns ``(loss, stats)`` with ``value_clip_ratio`` (fraction where the clipped term won).
+    Returns ``(loss, stats)`` with ``value_clip_ratio`` (fraction where the clipped term won:
+    ``V`` left the range and the clipped error is the larger).
     """
-    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    # Clamped in place, not as V_old + clamp(V - V_old): inside the range the clipped value is
+    # V itself, so the two errors tie exactly and no token counts as clipped. The other form
+    # rounds V_old + (V - V_old) to V plus or minus an ulp and counts a coin flip per token.
+    clipped_values = torch.clamp(values, old_values - clip_range, old_values + clip_range)
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), completion_mask)

@@ -240,6 +240,22 @@ def test_value_loss_hand_values():
     assert stats["value_clip_ratio"].item() == pytest.approx(0.5, abs=1e-12)
 
 
+def test_values_inside_the_clip_range_are_never_counted_as_clipped():
+    # Small float32 values (a fresh value head's) within 0.18 of V_old, inside the range 0.2:
+    # the clipped value is V itself, so no token is clipped and the loss is the unclipped one
+    # exactly. (Written as V_old + clamp(V - V_old), V came back an ulp off on ~1/3 of these
+    # tokens and ~2 % counted as clipped: a fraction that depended on rounding, which moved
+    # train/value_clip_ratio by 0.02 between two runs whose weights differed by 1e-7.)
+    generator = torch.Generator().manual_seed(0)
+    old = (torch.randn(4, 250, generator=generator) * 0.05).clamp(-0.09, 0.09)
+    values = (torch.randn(4, 250, generator=generator) * 0.05).clamp(-0.09, 0.09)
+    returns = torch.randn(4, 250, generator=generator)
+    mask = torch.ones(4, 250, dtype=torch.bool)
+    loss, stats = value_loss(values, old, returns, mask, clip_range=0.2)
+    assert stats["value_clip_ratio"].item() == 0.0
+    assert loss.item() == (0.5 * ((values - returns) ** 2).mean()).item()
+
+
 def test_aggregate_hand_values():
     x = torch.tensor([[1.0, 3.0, 100.0], [2.0, 100.0, 100.0]], **F64)
     mask = torch.tensor([[True, True, False], [True, False, False]])

@@ -3,11 +3,13 @@
 Run by ``torch.distributed.run`` (2 processes, gloo) or in the test process itself (1 process).
 The completions are fixed by ``FixedEngine``, so sampling is out of the comparison: every world
 size trains on the same global batch, each process on its own prompts (whole groups), and the
-results must agree. Writes the logged metrics and the full state dict of the models
-(gathered from the shards) to ``--out``.
+results must agree. Writes to ``--out``: the logged metrics, the full state dict of the models
+(gathered from the shards), and the whole training state (weights, optimizer, counters) as the
+run ended and, for a resumed run, as it stood once the checkpoint was loaded.
 """
 
 import argparse
+import copy
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from lit_rl.rollout import (
     completion_mask_from_eos,
 )
 from lit_rl.strategies import FSDP2Strategy, full_state_dict
+from lit_rl.strategies.checkpoint import parameter_names
 from tests.byo_reward import ContainsTargetCharacter
 from tests.environments.toy import Guess
 
@@ -131,13 +134,49 @@ def build_module(case: str, model_dir: str) -> PolicyModule:
     raise ValueError(case)
 
 
+def training_state(trainer: Trainer, module: PolicyModule) -> dict[str, Any]:
+    """Everything a checkpoint restores, gathered whole (a collective under FSDP2: every
+    process calls it) and copied (the run goes on): the models' weights, the optimizer's state
+    keyed by parameter name, the update loop's shuffle and guard, the rollout counters and
+    PPO's KL coefficient."""
+    (rollout,) = [c for c in trainer.callbacks if isinstance(c, RolloutCallback)]
+    state = {
+        "weights": {k: v.clone() for k, v in full_state_dict(module.models).items()},
+        "optimizer": _optimizer_state(module, trainer.optimizers[0]),
+        "policy_update": copy.deepcopy(module.policy_update.state_dict()),
+        "rollout": rollout.state_dict(),
+    }
+    if isinstance(module, PPOModule):
+        state["kl_coef"] = module.kl_controller.coef
+    return state
+
+
+def _optimizer_state(module: PolicyModule, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Each parameter's optimizer state by name, whole (a shard's ``DTensor`` gathered). By
+    hand: torch's ``get_optimizer_state_dict`` steps an optimizer that has no state yet."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[str, Any] = {}
+    for name, param in zip(parameter_names(module, optimizer.param_groups), params, strict=True):
+        values = optimizer.state.get(param, {})
+        state[name] = {
+            k: (v.full_tensor() if isinstance(v, DTensor) else v).cpu().clone()
+            for k, v in values.items()
+        }
+    return {"state": state, "lr": [group["lr"] for group in optimizer.param_groups]}
+
+
 class Metrics(Callback):
-    """The logged metrics of every step, and one random draw per process at the first step
-    (each process must sample with its own random numbers)."""
+    """The logged metrics of every step; one random draw per process at the first step (each
+    process must sample with its own random numbers); the training state as it stood when
+    training started (after a checkpoint's restore)."""
 
     def __init__(self) -> None:
         self.logged: list[dict[str, float]] = []
         self.draws: list[float] = []
+        self.restored: dict[str, Any] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        self.restored = training_state(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
         if not self.draws:
@@ -190,11 +229,16 @@ def run(
     trainer.fit(module, FixedPrompts(model_dir, steps), ckpt_path=resume)
     if save_at is not None:
         trainer.save_checkpoint(save_at)
-    state = full_state_dict(module.models)
+    final = training_state(trainer, module)
     export_policy(trainer, module, out.with_suffix(".policy"))
     if trainer.is_global_zero:
-        extra = {"kl_coef": module.kl_controller.coef} if isinstance(module, PPOModule) else {}
-        result = {"metrics": metrics.logged, "state": state, "draws": metrics.draws, **extra}
+        result = {
+            "metrics": metrics.logged,
+            "state": final["weights"],
+            "draws": metrics.draws,
+            "final": final,
+            "restored": metrics.restored,
+        }
         torch.save(result, out)
 
 
