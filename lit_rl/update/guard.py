@@ -14,8 +14,8 @@ class GuardedOptimizerStep:
     ``max_grad_norm`` (their global norm, over every process and shard), and a step whose norm
     is not finite is skipped: weights, optimizer state and learning-rate schedule stay as they
     are (an optimizer step on it would poison them, and every checkpoint after it). Skips are
-    counted (in checkpoints, through ``state_dict``); ``max_nonfinite_steps`` in a row stop
-    the run with an error naming the fixes.
+    counted, in all and in a row (both in checkpoints, through ``state_dict``, so a resumed run
+    keeps its streak); ``max_nonfinite_steps`` in a row stop the run with an error naming the fixes.
 
     Args:
         max_grad_norm: clip the gradients' global norm to this; 0 = no clipping.
@@ -73,10 +73,15 @@ class GuardedOptimizerStep:
             )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"nonfinite_steps": self.nonfinite_steps}
+        return {
+            "nonfinite_steps": self.nonfinite_steps,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.nonfinite_steps = state["nonfinite_steps"]
+        # Checkpoints written before the streak was saved carry only the total.
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0)
 
 
 def refuse_loss_scaling(precision: str) -> None:

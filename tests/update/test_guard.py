@@ -71,12 +71,27 @@ def test_k_in_a_row_stop_naming_the_step_and_the_fixes():
     assert "Lower learning_rate" in message and "dtype: float32" in message
 
 
-def test_the_count_travels_in_its_state():
-    guard = GuardedOptimizerStep()
-    guard.nonfinite_steps = 4
-    restored = GuardedOptimizerStep()
+def test_the_counts_travel_in_its_state_and_a_resumed_streak_stops_on_time():
+    # Two bad steps, a checkpoint, then a third bad step after the resume: the limit of 3 in
+    # a row is reached (a guard that forgot its streak would skip on and stop only at 5).
+    weight, optimizer, scheduler = _parts()
+    guard = GuardedOptimizerStep(max_nonfinite_steps=3)
+    for _ in range(2):
+        _gradient(weight, [math.nan, 0.0])
+        with pytest.warns(UserWarning):
+            guard(optimizer, scheduler)
+    restored = GuardedOptimizerStep(max_nonfinite_steps=3)
     restored.load_state_dict(guard.state_dict())
-    assert restored.nonfinite_steps == 4
+    assert (restored.nonfinite_steps, restored.nonfinite_in_a_row) == (2, 2)
+    _gradient(weight, [math.nan, 0.0])
+    with pytest.warns(UserWarning), pytest.raises(FloatingPointError, match="3 optimizer steps"):
+        restored(optimizer, scheduler)
+
+
+def test_a_checkpoint_without_the_streak_resumes_with_none():
+    restored = GuardedOptimizerStep()
+    restored.load_state_dict({"nonfinite_steps": 4})  # written before the streak was saved
+    assert (restored.nonfinite_steps, restored.nonfinite_in_a_row) == (4, 0)
 
 
 def test_bad_settings_and_loss_scaling_are_refused():
