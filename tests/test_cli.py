@@ -105,7 +105,7 @@ def test_bring_your_own_data_and_reward_with_a_time_budget(tiny_model_dir, tmp_p
     config.write_text(f"""
 trainer:
   max_steps: 100000
-  max_time: "00:00:00:04"
+  max_time: "00:00:00:01"  # stops after the first step that ends past it, on any machine
   logger: {{class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {{save_dir: {tmp_path}, name: mine}}}}
   callbacks:
     - class_path: lit_rl.callbacks.RolloutCallback
@@ -179,6 +179,7 @@ def test_console_script_exits_zero_on_success(tiny_model_dir, tmp_path):
         "--config",
         "recipes/grpo_math_local.yaml",
         "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path}",  # where the run's config.yaml goes
         f"--model.init_args.model={tiny_model_dir}",
         "--model.init_args.max_completion_length=4",
         "--data.init_args.num_val=2",
@@ -189,6 +190,7 @@ def test_console_script_exits_zero_on_success(tiny_model_dir, tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1]
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "config.yaml").is_file()
 
 
 def test_a_reward_module_in_the_working_folder_imports_under_the_console_script(tmp_path):

@@ -4,6 +4,7 @@ masks and logprobs; the budgets (an observation that fills the budget, one that 
 turn cap, a turn cut by what remains); tool calls that fail; independent environments; async
 environments; and the template refusals."""
 
+import threading
 from functools import partial
 
 import pytest
@@ -193,20 +194,17 @@ def test_async_environments_are_answered_together(parts):
 
 
 def test_failing_tool_calls_are_answered_and_the_episode_goes_on(parts):
-    def slow(seconds: float) -> str:
-        """Sleeps.
+    answered = threading.Event()
 
-        Args:
-            seconds: how long.
-        """
-        import time
-
-        time.sleep(seconds)
+    def slow() -> str:
+        """Answers only once the test lets it: never within the tools' timeout."""
+        answered.wait()
         return "woke"
 
     from lit_rl.environments import calculate
 
-    environment = partial(Calculator, [calculate, slow], 0.2, "tools", tool_role="user")
+    # 2 s: ample for the calculator on a loaded machine; the slow tool never answers in it.
+    environment = partial(Calculator, [calculate, slow], 2.0, "tools", tool_role="user")
     episodes = Episodes(
         environment,
         max_turns=6,
@@ -219,16 +217,19 @@ def test_failing_tool_calls_are_answered_and_the_episode_goes_on(parts):
         "<tool_call>{calculate</tool_call>",
         '<tool_call>{"name": "search", "arguments": {}}</tool_call>',
         '<tool_call>{"name": "calculate", "arguments": {"expression": "1/0"}}</tool_call>',
-        '<tool_call>{"name": "slow", "arguments": {"seconds": 1.0}}</tool_call>',
+        '<tool_call>{"name": "slow", "arguments": {}}</tool_call>',
         "The answer is 5",
     ]
-    out, _ = run(parts, turns, episodes, [ROW], max_new=100)
+    try:
+        out, _ = run(parts, turns, episodes, [ROW], max_new=100)
+    finally:
+        answered.set()  # the tool's worker thread ends
     text = parts[0].decode(out.ids[0][~out.mask[0]])
     assert "\n5<|im_end|>" in text  # the calculator's answer
     assert "tool call 1 is not valid JSON" in text
     assert "unknown tool 'search'" in text
     assert "calculate raised ZeroDivisionError" in text
-    assert "slow did not answer within 0.2 s" in text
+    assert "slow did not answer within 2 s" in text
     assert out.fields[EPISODE_REWARD] == [1.0] and not out.truncated[0]
     assert out.stats["tool_calls"].tolist() == [5.0] and out.stats["tool_errors"].tolist() == [4.0]
     assert out.stats["turns"].tolist() == [6.0]
