@@ -15,7 +15,7 @@ refused when the renderer is built, with what changed.
 
 from typing import Any
 
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lit_rl.environments.base import Message
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lit_rl.experience.handoff import ExperienceHandoff
 from lit_rl.experience.spec import ExperienceSpec

@@ -11,7 +11,7 @@ it) disarms them again; arm them right before each update.
 
 from peft import PeftModel
 from torch import nn
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers import GradientCheckpointingLayer
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:

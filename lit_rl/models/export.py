@@ -6,8 +6,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rl.atomic import fsync_tree, replace_folder, staging_path
 from lit_rl.models.lora import merged_state_dict

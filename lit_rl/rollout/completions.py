@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from lit_rl.rollout.engine import RolloutEngine, completion_mask_from_eos
 from lit_rl.rollout.request import GenerationRequest, SamplingParams

@@ -217,7 +217,7 @@ class VLLMEngine:
         threads = torch.get_num_threads()  # vLLM drops the process to one for its serving
         with launcher_environment(weights.device.index or 0), torch.random.fork_rng(devices):
             self.llm = vllm.LLM(
-                model=base.config._name_or_path,
+                model=base.config.name_or_path,
                 dtype=dtype,
                 max_model_len=max_model_len,
                 max_num_seqs=self.max_num_seqs,

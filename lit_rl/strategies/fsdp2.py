@@ -27,7 +27,7 @@ from torch.distributed.fsdp import (
     fully_shard,
     register_fsdp_forward_method,
 )
-from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers import GradientCheckpointingLayer
 
 from lit_rl.atomic import replace_folder, staging_path
 from lit_rl.models import DType, PolicyModels, fast_bf16
