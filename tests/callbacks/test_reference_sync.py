@@ -1,8 +1,12 @@
+import copy
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import LoraConfig
 
 from lit_rl.callbacks import ReferenceSyncCallback
+from lit_rl.models import PolicyModels
 from lit_rl.models.lora import lora_layers
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FormatReward
@@ -74,9 +78,27 @@ def test_frozen_copy_mixup_is_a_lerp(tiny_model_dir):
 
 
 def test_schedule_state_and_validation():
-    callback = ReferenceSyncCallback(ref_sync_steps=3)
-    callback.load_state_dict({"last_sync_step": 6})
+    # A frozen-copy reference on two toy layers: the hook reads only the trainer's step and
+    # optimizers and the module's models.
+    policy, reference = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    reference.requires_grad_(False)
+    module = SimpleNamespace(models=PolicyModels(policy, reference, uses_reference=True))
+    assert not torch.equal(reference.weight, policy.weight)  # two random initialisations
+    original = copy.deepcopy(reference.state_dict())
+    callback = ReferenceSyncCallback(ref_sync_steps=3, ref_sync_mixup_alpha=1.0)
+    callback.load_state_dict({"last_sync_step": 6})  # resumed: the last sync was at step 6
+
+    def batch_end(step: int) -> None:
+        trainer = SimpleNamespace(global_step=step, optimizers=[])
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+
+    batch_end(8)  # 8 - 6 = 2 steps since the sync: not yet
+    state = reference.state_dict()
+    assert all(torch.equal(state[name], original[name]) for name in original)
     assert callback.state_dict() == {"last_sync_step": 6}
+    batch_end(9)  # 9 - 6 = 3: sync; alpha 1 makes the reference the policy
+    assert torch.equal(reference.weight, policy.weight) and torch.equal(reference.bias, policy.bias)
+    assert callback.state_dict() == {"last_sync_step": 9}
     with pytest.raises(ValueError, match="ref_sync_mixup_alpha must be in"):
         ReferenceSyncCallback(ref_sync_mixup_alpha=0.0)
     with pytest.raises(ValueError, match="ref_sync_steps must be >= 1"):

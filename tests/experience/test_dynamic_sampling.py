@@ -167,16 +167,25 @@ class HalfFlat:
 
 
 class Steps(Callback):
-    """Every Experience the module trained on, and the batches without one."""
+    """Every Experience the module trained on, the batches without one, and for each step the
+    batches (prompt draws) that went into it and the rollout metrics it logged."""
 
     def __init__(self):
         self.trained, self.skipped = [], 0
+        self.batches_per_step: list[int] = []
+        self.rollout_metrics: list[dict[str, float]] = []
+        self._batches = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._batches += 1
         if pl_module.handoff.trained is None:
             self.skipped += 1
-        else:
-            self.trained.append(pl_module.handoff.trained.experience)
+            return
+        self.trained.append(pl_module.handoff.trained.experience)
+        self.batches_per_step.append(self._batches)
+        self._batches = 0
+        metrics = trainer.callback_metrics.items()
+        self.rollout_metrics.append({k: float(v) for k, v in metrics if k.startswith("rollout/")})
 
 
 def _module(tiny_model_dir):
@@ -203,7 +212,11 @@ def test_every_step_trains_on_a_full_batch_of_groups_with_signal(tiny_model_dir)
         assert (group_std > 0).all()
     metrics = trainer.callback_metrics
     assert metrics["rollout/zero_std_fraction"] == 0 and metrics["rollout/groups_filled"] == 0
-    assert metrics["rollout/prompts_drawn"] >= 2
+    # Each step logs its own draws, counted here: the batches since the last step (skipped > 0,
+    # so some step drew more than one), each of batch_size = 2 prompts.
+    assert [m["rollout/draws"] for m in steps.rollout_metrics] == steps.batches_per_step
+    drawn = [m["rollout/prompts_drawn"] for m in steps.rollout_metrics]
+    assert drawn == [2 * batches for batches in steps.batches_per_step]
 
 
 class Recorded(Logger):

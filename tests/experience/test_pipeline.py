@@ -2,12 +2,12 @@
 per token, gradient accumulation is exact, and bad configurations are named."""
 
 import copy
+import math
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
-from lit_rl.algorithms import grpo_loss, process_supervised_advantages
 from lit_rl.experience import GAE, Overlong, ProcessSupervised
 from lit_rl.modules import GRPOModule, PPOModule
 from lit_rl.rewards import RewardOutput
@@ -95,18 +95,42 @@ def test_process_rewards_reach_the_loss_per_token(tiny_model_dir):
                 continue
             assert len(decode(completion_ids[i, : token_end + 1].tolist())) >= char_end
             assert len(decode(completion_ids[i, :token_end].tolist())) < char_end
-    expected = process_supervised_advantages(e.step_rewards, e.step_ends, 4, t) * e.completion_mask
-    torch.testing.assert_close(e.advantages, expected, rtol=0, atol=0)
+    expected = _naive_process_advantages(e.step_rewards, e.step_ends, e.completion_mask, 4)
+    # float32 against float64: up to 5 normalised rewards of size ~1 summed, a few ulps of 4.
+    torch.testing.assert_close(e.advantages.double(), expected, rtol=0, atol=1e-6)
     varies = [(a[m] != a[m][0]).any() for a, m in zip(e.advantages, e.completion_mask, strict=True)]
     assert any(varies), "process advantages should differ between tokens of a completion"
-    # The loss of the first step is grpo_loss on those per-token advantages.
-    fresh = _module(tiny_model_dir, reward=ChunkParity(), advantage_estimator=ProcessSupervised())
-    built(fresh).policy.load_state_dict(capture.weights)
-    logprobs, _ = fresh.policy_logprobs(e.sequences)
-    loss, _ = grpo_loss(
-        logprobs, logprobs.detach(), e.ref_logprobs, e.advantages, e.completion_mask
-    )
-    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss.item(), abs=1e-6)
+    # The first step is on-policy (ratio 1) from the reference (LoRA's B = 0: KL 0), so the loss
+    # is -1/G sum_i 1/|o_i| sum_t A_it (DeepSeekMath Eq. 3), with the per-token advantages.
+    loss = -_row_means(expected, e.completion_mask).mean().item()
+    assert abs(loss) > 1e-3  # per-token sums do not cancel over a group as outcome ones do
+    # float32 means of 8 rows of ~10 advantages of size ~1: a few ulps of 1 (1.2e-7).
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss, abs=3e-7)
+
+
+def _naive_process_advantages(
+    step_rewards: torch.Tensor, step_ends: torch.Tensor, mask: torch.Tensor, group_size: int
+) -> torch.Tensor:  # [N, T] float64
+    """DeepSeekMath 4.1.3, group by group: every real step reward (end >= 0) of the group
+    normalised by their mean and sample std (n - 1), (r - mean) / (std + 1e-4); token t of
+    completion i gets the sum of its steps' normalised rewards that end at or after t."""
+    advantages = torch.zeros(mask.shape, dtype=torch.float64)
+    for first in range(0, len(step_rewards), group_size):
+        rows = range(first, first + group_size)
+        steps = [(i, j) for i in rows for j in range(step_ends.shape[1]) if step_ends[i, j] >= 0]
+        values = [float(step_rewards[i, j]) for i, j in steps]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        for (i, j), value in zip(steps, values, strict=True):
+            end = int(step_ends[i, j])
+            advantages[i, : end + 1] += (value - mean) / (std + 1e-4)
+    return advantages * mask
+
+
+def _row_means(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # [N]
+    """Each row's mean over its counted tokens; 0 for a row with none."""
+    counts = mask.sum(1)
+    return (values * mask).sum(1) / counts.clamp(min=1)
 
 
 class RecordingGRPO(GRPOModule):
@@ -149,8 +173,17 @@ def test_minibatches_take_one_optimizer_step_each_and_need_old_logprobs(tiny_mod
     torch.manual_seed(0)
     module = _module(tiny_model_dir, num_mini_batches=2, num_iterations=2)
     assert module.needs_old_logprobs
-    trainer, capture = _fit(module, tiny_model_dir, steps=4)
-    assert trainer.global_step == 4 and capture.experience.old_logprobs is not None
+    # max_steps 1 ends the run after the first batch: its one rollout took 2 x 2 steps.
+    trainer, capture = _fit(module, tiny_model_dir, steps=1)
+    assert trainer.global_step == 4
+    # pi_old is the policy the rollout was sampled with, computed again from those weights.
+    fresh = built(_module(tiny_model_dir))
+    fresh.policy.load_state_dict(capture.weights)
+    with torch.no_grad():
+        expected, _ = fresh.policy_logprobs(capture.experience.sequences)
+    # The same float32 forward on the same rows (equal to the bit here); 1e-6 leaves room for
+    # another kernel's summation order.
+    torch.testing.assert_close(capture.experience.old_logprobs, expected, rtol=0, atol=1e-6)
 
 
 def test_num_mini_batches_that_do_not_divide_the_rollouts_cut_them_unevenly(tiny_model_dir):
@@ -194,7 +227,9 @@ def test_each_loss_type_weighs_micro_batches_over_its_batch(tiny_model_dir, loss
 
 
 def test_overlong_penalty_and_truncated_completions_leave_the_loss(tiny_model_dir):
-    torch.manual_seed(0)
+    # Seed 1 draws completions of 4 and 9 tokens that stop at an EOS beside 6 truncated at the
+    # budget: the penalty's three regimes, and a loss mask that keeps some rows, not none.
+    torch.manual_seed(1)
     module = _module(
         tiny_model_dir,
         overlong=Overlong(buffer_length=4, penalty_factor=0.5, mask_truncated_completions=True),
@@ -211,11 +246,20 @@ def test_overlong_penalty_and_truncated_completions_leave_the_loss(tiny_model_di
     torch.testing.assert_close(e.rewards, outcome + penalty)
     t = e.completion_mask.shape[1]
     stopped = _stopped(e.input_ids[:, -t:], e.completion_mask, module.sampler.eos_token_ids)
-    assert torch.equal(e.loss_excluded, ~stopped) and (~stopped).any()
+    assert torch.equal(e.loss_excluded, ~stopped) and (~stopped).any() and stopped.any()
     assert not e.loss_mask[~stopped].any()
-    # The loss counts only the tokens of completions that stopped.
-    fresh = _module(tiny_model_dir)
-    built(fresh).policy.load_state_dict(capture.weights)
-    logprobs, _ = fresh.policy_logprobs(e.sequences)
-    loss, _ = grpo_loss(logprobs, logprobs.detach(), e.ref_logprobs, e.advantages, e.loss_mask)
-    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss.item(), abs=1e-6)
+    # Group-normalised advantages by hand, over all 4 rows of a group, the truncated ones too.
+    groups = e.rewards.double().view(-1, 4)
+    mean = groups.sum(1, keepdim=True) / 4
+    std = (((groups - mean) ** 2).sum(1, keepdim=True) / 3).sqrt()
+    advantages = ((groups - mean) / (std + 1e-4)).reshape(-1, 1) * e.completion_mask
+    # float32 against float64 on advantages below 2 in size: a few ulps of 1 (1.2e-7).
+    torch.testing.assert_close(e.advantages.double(), advantages, rtol=0, atol=3e-7)
+    # The first step: ratio 1, KL 0 (pi = pi_ref), so the loss is -1/N sum_i mean_t A_i over the
+    # tokens of the loss mask; an excluded row has no tokens and adds 0, but still counts in N
+    # (grpo's sequence mean is over the micro-batch's rows). Without the truncated rows, the
+    # group's advantages no longer sum to 0.
+    loss = -_row_means(advantages, e.loss_mask).sum().item() / len(e)
+    assert abs(loss) > 1e-3
+    # float32 means of 8 rows of advantages of size ~1: a few ulps of 1 (1.2e-7).
+    assert trainer.callback_metrics["train/loss"].item() == pytest.approx(loss, abs=3e-7)

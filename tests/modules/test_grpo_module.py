@@ -1,4 +1,5 @@
 import copy
+import math
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ from lightning.pytorch import Callback
 from peft import LoraConfig
 from transformers import LlamaForCausalLM
 
-from lit_rl.algorithms import grpo_loss, kl_penalty, token_level_rewards
+from lit_rl.algorithms import grpo_loss
 from lit_rl.data import PromptDataModule
 from lit_rl.experience import LeaveOneOut, ProcessSupervised
 from lit_rl.modules import GRPOModule
@@ -71,33 +72,84 @@ def test_rollout_batch_contents(tiny_model_dir, engine):
     assert set(r.reward_components) == {"contains_target", "brevity"}
 
 
+class RecordingGRPO(GRPOModule):
+    """Records, for every micro-batch, the policy's weights, the micro-batch and its loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def accumulate_gradients(self, micro, weight):
+        weights = copy.deepcopy(self.policy.state_dict())
+        output = super().accumulate_gradients(micro, weight)
+        self.calls.append((weights, micro, output))
+        return output
+
+
+def _naive_grpo_loss(logprobs, old, ref, advantages, mask, eps: float, beta: float) -> float:
+    """DeepSeekMath Eq. 3, negated, one token at a time in float64: r = exp(lp - old),
+    objective = min(r A, clip(r, 1 - eps, 1 + eps) A) - beta k3 with the Eq. 4 estimator
+    k3 = exp(ref - lp) - (ref - lp) - 1; a mean over each completion's counted tokens, then
+    over completions."""
+    lp, old, ref, adv = (x.double().tolist() for x in (logprobs, old, ref, advantages))
+    rows = []
+    for i, counted in enumerate(mask.tolist()):
+        terms = []
+        for t in (t for t, c in enumerate(counted) if c):
+            ratio, a, d = math.exp(lp[i][t] - old[i][t]), adv[i][t], ref[i][t] - lp[i][t]
+            bounded = min(max(ratio, 1 - eps), 1 + eps)
+            terms.append(min(ratio * a, bounded * a) - beta * (math.exp(d) - d - 1))
+        rows.append(sum(terms) / len(terms))
+    return -sum(rows) / len(rows)
+
+
+def _naive_k3_mean(logprobs, ref, mask) -> float:
+    """The Eq. 4 KL estimate exp(ref - lp) - (ref - lp) - 1, averaged over counted tokens."""
+    d = (ref - logprobs).double()[mask]
+    return (d.exp() - d - 1).mean().item()
+
+
 @ENGINES
 def test_training_step_is_grpo_loss_and_updates_only_adapters(tiny_model_dir, engine):
+    """mu = 2 on one Experience: at the second optimizer step the policy has moved, so the ratio
+    is not 1 and the KL not 0 (at the first both vanish and the group-normalised advantages sum
+    to 0, a loss of ~0 that any formula matches), and the loss is Eq. 3 by hand."""
     torch.manual_seed(0)
     trained = Trained()
-    module = _module(tiny_model_dir)
-    trainer = _fit(module, tiny_model_dir, extra_callbacks=[trained], engine=engine)
-    # Recompute the loss with the weights the step started from.
-    fresh = built(_module(tiny_model_dir))
-    fresh.policy.load_state_dict(trained.weights[0])
-    r, update = trained.batches[0].experience, trained.batches[0].update
-    logprobs, _ = fresh.policy_logprobs(r.sequences)
-    expected, stats = grpo_loss(
-        logprobs,
-        logprobs.detach(),
-        r.ref_logprobs,
-        r.advantages,
-        r.completion_mask,
-        epsilon=0.2,
-        beta=0.04,
+    # The second step's log-ratios reach ~0.02: epsilon 0.01 clips some tokens, not all.
+    eps = 0.01
+    args = tiny_module_args(
+        tiny_model_dir, num_iterations=2, gradient_accumulation_steps=1, epsilon=eps
     )
-    torch.testing.assert_close(update.old_logprobs, logprobs.detach(), rtol=0, atol=1e-6)
+    module = RecordingGRPO(**args)
+    trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[trained], engine=engine)
+    assert trainer.global_step == 2 and len(module.calls) == 2
+    update = trained.batches[0].update
+    fresh = built(_module(tiny_model_dir))
+    losses, kls, scored = [], [], []
+    for weights, micro, output in module.calls:  # one micro-batch, the whole Experience, each
+        fresh.policy.load_state_dict(weights)
+        with torch.no_grad():
+            logprobs, _ = fresh.policy_logprobs(micro.sequences)
+        scored.append(logprobs)
+        mask, old, ref = micro.completion_mask, micro.old_logprobs, micro.ref_logprobs
+        losses.append(_naive_grpo_loss(logprobs, old, ref, micro.advantages, mask, eps, 0.04))
+        kls.append(_naive_k3_mean(logprobs, ref, mask))
+        # float32 sums of 8 x 8 terms of size ~1 (advantages): a few ulps of 1 (1.2e-7) off
+        # the float64 sum; the second step's KL term, beta x ~1e-4 = ~4e-6, is well above it.
+        assert output.stats["loss"].item() == pytest.approx(losses[-1], abs=2e-7)
+    # pi_old from the rollout is the policy at the weights the update started from.
+    torch.testing.assert_close(update.old_logprobs, scored[0], rtol=0, atol=1e-6)
+    assert abs(losses[1]) > 1e-3 and kls[1] > 0  # the second step: far from the trivial 0
+    assert module.calls[1][2].stats["clip_ratio"] > 0  # and the clip is part of its value
     logged = trainer.callback_metrics
     assert logged["rollout/logprob_mismatch_k3"].item() < 1e-9
     assert logged["rollout/weights_version"].item() == 0
-    assert logged["train/loss"].item() == pytest.approx(expected.item(), abs=1e-5)
-    assert logged["train/kl"].item() == pytest.approx(stats["kl"].item(), abs=1e-6)
-    assert trainer.global_step == 1
+    # Logged once per Experience: the mean over its 2 optimizer steps.
+    assert logged["train/loss"].item() == pytest.approx(sum(losses) / 2, abs=2e-7)
+    # float32 k3 = exp(d) - d - 1 cancels to ~1e-4 from terms of ~1: each token is off by
+    # up to an ulp of 1 (1.2e-7), and so is their mean.
+    assert logged["train/kl"].item() == pytest.approx(sum(kls) / 2, abs=1.2e-7)
     after = module.policy.state_dict()
     changed = {k for k, v in trained.weights[0].items() if not torch.equal(v, after[k])}
     assert changed and all("lora_" in k for k in changed)
@@ -155,11 +207,40 @@ def test_bad_config_values_are_named(tiny_model_dir, kwargs, message):
         _module(tiny_model_dir, **kwargs)
 
 
+def _naive_completion_logprobs(model, sequences, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) of each completion token, from the full logits of a
+    plain forward pass: the logits at column c score the token at column c + 1."""
+    mask = sequences.attention_mask
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding does not advance positions
+    with torch.no_grad():
+        logits = model(sequences.input_ids, attention_mask=mask, position_ids=positions).logits
+    length, t = sequences.input_ids.shape[1], sequences.num_completion_tokens
+    scored = torch.log_softmax(logits[:, length - t - 1 : length - 1].float() / temperature, -1)
+    return scored.gather(-1, sequences.input_ids[:, -t:, None]).squeeze(-1)
+
+
 def test_full_finetune_keeps_a_frozen_reference(tiny_model_dir):
-    module = built(_module(tiny_model_dir, lora=None))
+    torch.manual_seed(0)
+    module = _module(tiny_model_dir, lora=None, temperature=0.7)
+    trained = Trained()
+    _fit(module, tiny_model_dir, steps=2, extra_callbacks=[trained])
     reference = module.models.reference
     assert reference is not None and reference is not module.policy
     assert not any(p.requires_grad for p in reference.parameters())
+    # After two full-finetuning steps the reference is still the checkpoint, bit for bit,
+    # and the policy has left it.
+    loaded = LlamaForCausalLM.from_pretrained(tiny_model_dir, torch_dtype=torch.float32).eval()
+    original, frozen = loaded.state_dict(), reference.state_dict()
+    assert frozen.keys() == original.keys()
+    assert all(torch.equal(frozen[name], original[name]) for name in original)
+    policy = module.policy.state_dict()
+    assert any(not torch.equal(policy[name], original[name]) for name in original)
+    # pi_ref of the second rollout, sampled after the first step, is the checkpoint's.
+    e = trained.batches[1].experience
+    expected = _naive_completion_logprobs(loaded, e.sequences, temperature=0.7)
+    # Same weights, same float32 forward (equal to the bit on this CPU); 1e-6 leaves room for
+    # another matmul kernel where only the last T + 1 positions are projected.
+    torch.testing.assert_close(e.ref_logprobs, expected, rtol=0, atol=1e-6)
     assert built(_module(tiny_model_dir, lora=None, beta=0.0)).models.reference is None
 
 
@@ -171,12 +252,6 @@ def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
     trainer = rollout_trainer()
     with pytest.raises(ValueError, match="= 550 exceeds the model's context of 512 tokens"):
         trainer.fit(module, data)
-
-
-def test_policy_never_runs_dropout(tiny_model_dir):
-    module = built(_module(tiny_model_dir))
-    module.train()
-    assert module.training and not any(m.training for m in module.policy.modules())
 
 
 def test_the_dtype_choice_and_its_reason_are_logged(tiny_model_dir, caplog):
@@ -239,37 +314,33 @@ def test_the_kl_in_the_reward_is_an_option_of_grpo(tiny_model_dir):
     trained = Trained()
     trainer = _fit(module, tiny_model_dir, steps=2, extra_callbacks=[trained])
     e = trained.batches[1].experience  # the policy has moved from the reference by then
-    assert (e.kl * e.completion_mask).abs().sum() > 0
-    kl = kl_penalty(e.old_logprobs, e.ref_logprobs, "k1")
-    torch.testing.assert_close(e.kl, kl)
-    torch.testing.assert_close(
-        e.token_rewards, token_level_rewards(e.rewards, e.completion_mask, kl, kl_coef=0.2)
-    )
-    returns = e.token_rewards.sum(1).view(-1, 4)
+    mask = e.completion_mask
+    # k1 by hand, log pi_old - log pi_ref: the same float32 subtraction, so exactly equal.
+    kl = e.old_logprobs - e.ref_logprobs
+    assert (kl * mask).abs().sum() > 0
+    assert torch.equal(e.kl, kl)
+    # r_t = -0.2 k1_t on counted tokens, plus the reward on the last one (masks are prefixes).
+    shaped = -0.2 * kl * mask
+    shaped[torch.arange(len(e)), mask.sum(1) - 1] += e.rewards
+    # float32 products and sums of terms < 2: within an ulp or two of 2 (2.4e-7).
+    torch.testing.assert_close(e.token_rewards, shaped, rtol=0, atol=5e-7)
+    returns = shaped.sum(1).view(-1, 4)
     baseline = (returns.sum(1, keepdim=True) - returns) / 3
     torch.testing.assert_close(
-        e.advantages, (returns - baseline).reshape(-1, 1) * e.completion_mask
+        e.advantages, (returns - baseline).reshape(-1, 1) * mask, rtol=0, atol=1e-6
     )
-    assert "rollout/kl" in trainer.callback_metrics and "train/kl" not in trainer.callback_metrics
+    assert "train/kl" not in trainer.callback_metrics
+    # rollout/kl of the last batch: each completion's summed k1, averaged over completions
+    # (not a token mean: completions of 1 to 8 tokens make the two differ).
+    sequence_kl = (kl.double() * mask).sum(1).mean().item()
+    assert sequence_kl != pytest.approx((kl.double()[mask]).mean().item(), abs=1e-4)
+    # float32 sums of 8 terms of ~1e-2: ~1e-9 off.
+    assert trainer.callback_metrics["rollout/kl"].item() == pytest.approx(sequence_kl, abs=1e-8)
     # rollout/reward is the reward's; rollout/return is what the estimator saw, minus the KL.
     metrics = trainer.callback_metrics
     assert metrics["rollout/reward"].item() == pytest.approx(e.rewards.mean().item())
     assert metrics["rollout/return"].item() == pytest.approx(returns.mean().item())
     assert metrics["rollout/return"] < metrics["rollout/reward"]
-
-
-class RecordingGRPO(GRPOModule):
-    """Records, for every micro-batch, the policy's weights, the micro-batch and its loss."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def accumulate_gradients(self, micro, weight):
-        weights = copy.deepcopy(self.policy.state_dict())
-        output = super().accumulate_gradients(micro, weight)
-        self.calls.append((weights, micro, output))
-        return output
 
 
 def test_gspo_trains_on_the_sequence_ratio(tiny_model_dir):
@@ -331,9 +402,12 @@ def test_the_frozen_reference_of_full_finetuning_never_runs_dropout(tmp_path):
         assert not any(m.training for m in network.modules())
     rollout = make_rollout(module.tokenizer, ["abc", "a longer prompt"])
     with torch.no_grad():
-        first = module.logprobs_and_values(rollout.sequences).ref_logprobs
-        second = module.logprobs_and_values(rollout.sequences).ref_logprobs
-    assert torch.equal(first, second)
+        ref_logprobs = module.logprobs_and_values(rollout.sequences).ref_logprobs
+    # The same checkpoint, loaded apart and in eval mode: attention dropout off.
+    loaded = LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
+    expected = _naive_completion_logprobs(loaded, rollout.sequences)
+    # Same weights, same float32 forward; dropout at 0.5 would move them by O(1).
+    torch.testing.assert_close(ref_logprobs, expected, rtol=0, atol=1e-6)
 
 
 def test_float16_weights_on_a_cpu_warn_with_the_fix(tiny_model_dir):

@@ -3,12 +3,12 @@ the policy adapter, the value adapter and the value head only; the critic learns
 
 import copy
 import json
+import math
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
-from lit_rl.algorithms import gae, kl_penalty, token_level_rewards, whiten
 from lit_rl.experience import ProcessSupervised, ReinforcePlusPlus
 from lit_rl.models import VALUE_ADAPTER
 from lit_rl.modules import PPOModule
@@ -33,10 +33,56 @@ class Capture(Callback):
             self.explained.append(trainer.callback_metrics["train/vf_explained_var"].item())
 
 
-def _module(tiny_model_dir, **kwargs):
-    return PPOModule(
+class RecordingPPO(PPOModule):
+    """Records every micro-batch: the optimizer step it is part of, its rows and its losses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def accumulate_gradients(self, micro, weight):
+        output = super().accumulate_gradients(micro, weight)
+        self.calls.append((self.trainer.global_step, micro, output))
+        return output
+
+
+def _module(tiny_model_dir, cls=PPOModule, **kwargs):
+    return cls(
         **tiny_module_args(tiny_model_dir, **{"ppo_epochs": 2, "num_mini_batches": 2, **kwargs})
     )
+
+
+def _shaped_rewards(e, kl_coef: float) -> torch.Tensor:  # [N, T] float64
+    """Ziegler et al. (2019) Eq. 2 by hand: -kl_coef x k1 = -kl_coef (log pi_old - log pi_ref)
+    on every counted token, plus the sequence reward on the last one (masks are prefixes)."""
+    mask = e.completion_mask
+    shaped = -kl_coef * (e.old_logprobs - e.ref_logprobs).double() * mask
+    shaped[torch.arange(len(e)), mask.sum(1) - 1] += e.rewards.double()
+    return shaped
+
+
+def _naive_gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:  # float64 ([N, T], [N, T])
+    """Schulman et al. (2016) Eq. 16, row by row: delta_t = r_t + gamma V_{t+1} - V_t, V = 0
+    after the last counted token, A_t = sum_l (gamma lam)^l delta_{t+l}; returns A + V."""
+    advantages = torch.zeros(mask.shape, dtype=torch.float64)
+    for i, length in enumerate(mask.sum(1).tolist()):
+        r, v = rewards[i, :length].tolist(), [*values[i, :length].tolist(), 0.0]
+        deltas = [r[t] + gamma * v[t + 1] - v[t] for t in range(length)]
+        for t in range(length):
+            advantages[i, t] = sum((gamma * lam) ** k * d for k, d in enumerate(deltas[t:]))
+    return advantages, (advantages + values.double()) * mask
+
+
+def _whitened(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the counted entries, var the sample variance
+    (divided by n - 1), as lit_rl's whiten defines it; 0 elsewhere."""
+    counted = x[mask]
+    n = counted.numel()
+    mean = counted.sum() / n
+    var = ((counted - mean) ** 2).sum() / (n - 1)
+    return (x - mean) / (var + 1e-8).sqrt() * mask
 
 
 def _fit(module, tiny_model_dir, steps=1, **data_args):
@@ -58,15 +104,20 @@ def test_experience_holds_values_kl_shaped_rewards_and_gae(tiny_model_dir):
     # Value head and value adapter start at zero: V = 0 and pi_old = pi_ref on the first batch.
     assert torch.equal(e.values, torch.zeros(n, t))
     torch.testing.assert_close(e.old_logprobs, e.ref_logprobs, rtol=0, atol=1e-6)
-    # The second batch: recompute shaping and GAE from its stored parts.
+    # The second batch: shaping, GAE and whitening by hand from its stored parts.
     e = capture.experiences[1]
-    kl = kl_penalty(e.old_logprobs, e.ref_logprobs, "k1")
-    assert (kl * e.completion_mask).abs().sum() > 0
-    shaped = token_level_rewards(e.rewards, e.completion_mask, kl, kl_coef=0.1)
-    torch.testing.assert_close(e.token_rewards, shaped)
-    raw, returns = gae(shaped, e.values, e.completion_mask, gamma=1.0, lam=0.95)
-    torch.testing.assert_close(e.returns, returns)
-    torch.testing.assert_close(e.advantages, whiten(raw, e.completion_mask) * e.completion_mask)
+    mask = e.completion_mask
+    kl = e.old_logprobs - e.ref_logprobs  # k1, the same float32 subtraction as the module's
+    assert (kl * mask).abs().sum() > 0 and (e.values * mask).abs().sum() > 0
+    assert torch.equal(e.kl, kl)
+    shaped = _shaped_rewards(e, kl_coef=0.1)
+    # float32 against float64: rewards, values and returns here are below 1 in size, and
+    # GAE sums at most 8 of them, so a few ulps of 1 (1.2e-7).
+    torch.testing.assert_close(e.token_rewards.double(), shaped, rtol=0, atol=1e-7)
+    raw, returns = _naive_gae(shaped, e.values, mask, gamma=1.0, lam=0.95)
+    torch.testing.assert_close(e.returns.double(), returns, rtol=0, atol=2e-7)
+    # Whitening divides by the advantages' std (~0.1 here), which scales that error by ~10.
+    torch.testing.assert_close(e.advantages.double(), _whitened(raw, mask), rtol=0, atol=3e-6)
 
 
 def test_one_step_moves_both_adapters_and_the_head_but_not_the_base(tiny_model_dir):
@@ -129,13 +180,34 @@ def test_kl_coef_adapts_and_travels_with_the_checkpoint(tiny_model_dir, tmp_path
 
 
 def test_a_separate_value_model_trains_beside_full_finetuning(tiny_model_dir):
+    """The separate critic's head starts at zero: the first rollout's values are 0, its returns
+    are the GAE of the shaped rewards alone, and the first step's value loss is 1/2 mean R^2."""
     torch.manual_seed(0)
-    module = built(_module(tiny_model_dir, lora=None, value_model=str(tiny_model_dir)))
+    module = built(
+        _module(tiny_model_dir, RecordingPPO, lora=None, value_model=str(tiny_model_dir))
+    )
     models = module.models
     assert models.value_head is None and models.value_model is not None
     head_before = models.value_model.head.weight.clone()
     _, capture = _fit(module, tiny_model_dir)
-    assert capture.experiences[0].values.shape == capture.experiences[0].completion_mask.shape
+    e = capture.experiences[0]
+    mask, zeros = e.completion_mask, torch.zeros(e.completion_mask.shape)
+    assert torch.equal(e.values, zeros)
+    estimator = module.advantage_estimator
+    shaped = _shaped_rewards(e, module.kl_coef)
+    _, returns = _naive_gae(shaped, zeros, mask, estimator.gamma, estimator.lam)
+    # float32 sums of at most 8 rewards below 1 in size: a few ulps of 1 (1.2e-7).
+    torch.testing.assert_close(e.returns.double(), returns, rtol=0, atol=2e-7)
+    first_step = [(micro, output) for step, micro, output in module.calls if step == 0]
+    assert len(first_step) == 2  # a minibatch of 4 rows, in 2 micro-batches
+    for micro, output in first_step:
+        # V = V_old = 0, so clip(V, V_old +- 0.2) = V and both errors are R^2 (R: rows of the
+        # returns checked above).
+        m = micro.loss_mask
+        expected = 0.5 * (micro.returns.double() ** 2 * m).sum().item() / m.sum().item()
+        assert expected > 0
+        # float32 squares and a mean of ~30 positive terms: ~1e-7 relative.
+        assert output.stats["value_loss"].item() == pytest.approx(expected, rel=1e-6)
     assert not torch.equal(models.value_model.head.weight, head_before)
 
 
@@ -178,12 +250,54 @@ def test_reinforce_plus_plus_is_ppo_without_a_critic(tiny_model_dir):
     torch.testing.assert_close(e.advantages, whitened * mask, atol=1e-5, rtol=1e-5)
 
 
+def _naive_ppo_loss(
+    logprobs: torch.Tensor, micro, epsilon: float, beta: float
+) -> tuple[float, float, int]:
+    """PPO's clipped surrogate (Schulman et al., 2017, Eq. 7) minus beta x the k2 KL to the
+    reference, 1/2 (log pi - log pi_ref)^2, token by token in float64; returns the negated
+    token mean, the k2 sum and the number of counted tokens."""
+    lp, old, ref, adv = (
+        x.double().tolist()
+        for x in (logprobs, micro.old_logprobs, micro.ref_logprobs, micro.advantages)
+    )
+    objective, kl, count = 0.0, 0.0, 0
+    for i, counted in enumerate(micro.loss_mask.tolist()):
+        for t in (t for t, c in enumerate(counted) if c):
+            ratio, a = math.exp(lp[i][t] - old[i][t]), adv[i][t]
+            bounded = min(max(ratio, 1 - epsilon), 1 + epsilon)
+            k2 = 0.5 * (lp[i][t] - ref[i][t]) ** 2
+            objective += min(ratio * a, bounded * a) - beta * k2
+            kl, count = kl + k2, count + 1
+    return -objective / count, kl, count
+
+
 def test_the_kl_in_the_loss_is_an_option_of_ppo(tiny_model_dir):
+    """beta x the configured estimator (k2) in the loss, by hand on every micro-batch from the
+    logprobs it trained on; once the policy has left the reference, that KL is > 0."""
     torch.manual_seed(0)
-    module = _module(tiny_model_dir, kl_coef=0.0, beta=0.1, loss_kl_estimator="k2")
+    # Log-ratios to pi_old reach a few 1e-2 by the last steps: epsilon 0.02 clips some tokens.
+    settings = dict(kl_coef=0.0, beta=0.1, loss_kl_estimator="k2", epsilon=0.02)
+    module = _module(tiny_model_dir, RecordingPPO, **settings)
     trainer, capture = _fit(module, tiny_model_dir, steps=4)
     assert module.model_recipe.reference and capture.experiences[0].kl is None
-    assert "train/kl" in trainer.callback_metrics
+    assert len(module.calls) == 8  # 2 epochs x 2 minibatches x 2 micro-batches
+    step_kl: dict[int, list[float]] = {}  # step -> [k2 sum, tokens] over its micro-batches
+    for step, micro, output in module.calls:
+        loss, kl_sum, count = _naive_ppo_loss(output.logprobs, micro, 0.02, 0.1)
+        # float32 sums of ~16 surrogates of size ~1 (whitened A): a few ulps of 1 (1.2e-7);
+        # beta x k2 is 5e-6 to 3e-4 after the first step, well above that.
+        assert output.stats["policy_loss"].item() == pytest.approx(loss, abs=2e-7)
+        # k2 of float32 logprobs: the differences are exact, squares and sums ~1e-7 relative.
+        assert output.stats["kl"].item() == pytest.approx(kl_sum / count, rel=1e-6)
+        if step > 0:  # the policy has moved: pi != pi_ref
+            assert kl_sum > 0
+        totals = step_kl.setdefault(step, [0.0, 0])
+        totals[0], totals[1] = totals[0] + kl_sum, totals[1] + count
+    assert any(output.stats["clip_ratio"] > 0 for *_, output in module.calls)
+    # train/kl: each optimizer step's token mean over its minibatch, averaged over the steps.
+    expected = sum(kl_sum / count for kl_sum, count in step_kl.values()) / len(step_kl)
+    assert len(step_kl) == 4 and expected > 0
+    assert trainer.callback_metrics["train/kl"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_a_checkpoint_of_another_algorithm_is_refused_by_name(tiny_model_dir, tmp_path):
@@ -211,6 +325,18 @@ def test_classic_ppo_samples_one_completion_per_prompt(tiny_model_dir):
     assert trainer.global_step == 4 and len(capture.experiences[0]) == 2  # 2 prompts x 1
     assert "rollout/zero_std_fraction" not in trainer.callback_metrics
     assert "train/value_loss" in trainer.callback_metrics
+    # The first batch: the value head starts at zero, so V = 0 and GAE sees only rewards.
+    e = capture.experiences[0]
+    mask, zeros = e.completion_mask, torch.zeros(e.completion_mask.shape)
+    assert torch.equal(e.values, zeros)
+    estimator = module.advantage_estimator
+    shaped = _shaped_rewards(e, module.kl_coef)
+    raw, returns = _naive_gae(shaped, zeros, mask, estimator.gamma, estimator.lam)
+    assert returns.abs().sum() > 0
+    # float32 sums of at most 8 terms, returns of up to ~1.1 here: a few ulps of 1 (1.2e-7).
+    torch.testing.assert_close(e.returns.double(), returns, rtol=0, atol=3e-7)
+    # Whitened over the 2 rows' tokens together: the std is ~0.4, which scales that by ~2.5.
+    torch.testing.assert_close(e.advantages.double(), _whitened(raw, mask), rtol=0, atol=1e-6)
     with pytest.raises(
         ValueError, match="num_generations must be >= 2 to form groups for ReinforcePlusPlus"
     ):

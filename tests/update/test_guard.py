@@ -27,7 +27,12 @@ def test_a_finite_gradient_is_clipped_and_stepped():
     norm = guard(optimizer, scheduler)
     assert norm.item() == pytest.approx(5.0)  # before clipping
     torch.testing.assert_close(weight.grad, torch.tensor([0.6, 0.8]))  # clipped to norm 1
-    assert not torch.equal(weight.detach(), torch.tensor([1.0, 2.0]))
+    # AdamW's first step, by hand: m_hat = g and v_hat = g^2, so the step is lr * g / (|g| +
+    # 1e-8) = 0.1 * sign(g) per weight, after the decoupled decay w * (1 - lr * 0.01):
+    # [1 * 0.999 - 0.1, 2 * 0.999 - 0.1] = [0.899, 1.898].
+    assert optimizer.defaults["weight_decay"] == 0.01  # torch's default, used above
+    # float32 in [0.5, 2) (ulp <= 1.2e-7); Adam's eps moves the step by 0.1 * 1e-8 / 0.6.
+    torch.testing.assert_close(weight.detach(), torch.tensor([0.899, 1.898]), rtol=0, atol=1e-6)
     assert scheduler.last_epoch == 1 and guard.nonfinite_steps == 0
 
 

@@ -92,6 +92,22 @@ def test_on_policy_the_first_forward_pass_is_pi_old_in_experience_order():
     assert experience.old_logprobs is None  # nothing written back
 
 
+def _replay_sgd(
+    theta: torch.Tensor, experience: Experience, minibatches: list[list[int]], lr: float
+) -> torch.Tensor:
+    """theta after plain SGD steps, one per minibatch in order, on each minibatch's token
+    mean of -A x log pi (ToyPolicy's log pi, its aggregation written out)."""
+    theta = theta.clone()
+    x = experience.sequences.completion_ids.float() / 100
+    for rows in minibatches:
+        weights = theta.clone().requires_grad_(True)
+        mask = experience.loss_mask[rows]
+        per_token = -experience.advantages[rows] * (weights[0] * x[rows] + weights[1])
+        (grad,) = torch.autograd.grad(per_token[mask].sum() / mask.sum(), weights)
+        theta = theta - lr * grad
+    return theta
+
+
 def test_several_steps_take_pi_old_from_the_rollout_and_shuffle_each_epoch():
     experience = dataclasses.replace(_experience(), old_logprobs=torch.zeros(6, T))
     policy = ToyPolicy("token_mean")
@@ -103,7 +119,12 @@ def test_several_steps_take_pi_old_from_the_rollout_and_shuffle_each_epoch():
     result = update(experience, policy.accumulate, optimizer, scheduler)
     assert result.optimizer_steps == 6 and scheduler.last_epoch == 6
     assert result.old_logprobs is experience.old_logprobs
-    assert not torch.equal(policy.theta.detach(), before)
+    # One accumulation step per minibatch: each call is a whole minibatch, in step order.
+    assert [weight for _, weight in policy.calls] == [1.0] * 6
+    replayed = _replay_sgd(before, experience, [rows for rows, _ in policy.calls], lr=0.1)
+    assert not torch.equal(replayed, before)
+    # float32 weights below 1; the replay sums the token mean in another order (1.5e-8 apart).
+    torch.testing.assert_close(policy.theta.detach(), replayed, rtol=0, atol=1e-7)
     order = [row for rows, _ in policy.calls for row in rows]
     for epoch in (order[:6], order[6:]):
         assert sorted(epoch) == list(range(6))  # every row once per epoch
