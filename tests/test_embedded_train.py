@@ -81,4 +81,7 @@ def test_environment_recipes_train_the_embedded_model(recipe, tmp_path):
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     assert {"rollout/episode/turns", "rollout/episode/environment_tokens", "train/loss"} <= scalars
-    assert events.Scalars("rollout/logprob_mismatch_k3")[0].value < 1e-2  # bf16 or float32
+    # bf16 (or float32, ~0): one step's mean k3 over ~50 sampled tokens, measured 1.4e-3 to
+    # 1.7e-2 over seeds 0-3 on an AMX CPU (a rare token dominates); a misaligned or stale
+    # logprob gives ~1 and more.
+    assert events.Scalars("rollout/logprob_mismatch_k3")[0].value < 5e-2

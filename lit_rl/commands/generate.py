@@ -15,6 +15,7 @@ from lit_rl.commands.policy import load_policy
 from lit_rl.data import load_rows
 from lit_rl.modules import PolicyModule
 from lit_rl.rewards import call_reward, check_reward_fields
+from lit_rl.rollout import EpisodeCompletions
 
 HELP = "sample completions from a checkpoint, an exported directory or a hub id"
 
@@ -96,7 +97,7 @@ def _sample(
     for i, text in enumerate(sampled.texts):
         row = {"index": first_index + i // num_samples, "sample": i % num_samples}
         row |= {"prompt": fields["prompt"][i], "completion": text}
-        if sampled.transcripts:  # a whole episode, the environment's spans marked
+        if isinstance(sampled, EpisodeCompletions):  # the episode, the environment's spans marked
             row["episode"] = sampled.transcripts[i]
         row["tokens"] = int(sampled.mask[i].sum())
         if rewards is not None:

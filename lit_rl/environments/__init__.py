@@ -1,7 +1,8 @@
 """Multi-turn environments and tools: what a researcher implements and names by ``class_path``.
 
 An ``Environment`` (or ``AsyncEnvironment``) starts an episode from a dataset row and answers the
-model's turns; ``Episodes`` (a module's ``episodes`` setting) says which one and the budgets;
+model's turns; a ``LoopEnvironment`` runs the episode itself and awaits the ``Model``;
+``Episodes`` (a module's ``episodes`` setting) says which one and the budgets;
 ``lit_rl.rollout.EpisodeSampler`` runs the episodes token in, token out (``ChatRenderer``).
 Tools are plain functions (``Tools``); parsers read their calls out of a turn
 (``HermesToolCalls``, ``TagToolCalls``). Two environments on math problems ship:
@@ -11,29 +12,35 @@ Tools are plain functions (``Tools``); parsers read their calls out of a turn
 from lit_rl.environments.base import (
     AsyncEnvironment,
     Environment,
+    EpisodeResult,
+    EpisodeTruncated,
+    LoopEnvironment,
     Message,
+    Model,
     Row,
     StepResult,
     ToolCall,
     Turn,
 )
 from lit_rl.environments.chat import ChatRenderer, TemplateError
-from lit_rl.environments.episodes import EPISODE_REWARD, EpisodeReward, Episodes
+from lit_rl.environments.episodes import Episodes
 from lit_rl.environments.math import Calculator, MathFeedback, calculate
 from lit_rl.environments.parsers import HermesToolCalls, ParsedCalls, TagToolCalls, ToolCallParser
 from lit_rl.environments.tools import ToolResult, Tools
 
 __all__ = [
-    "EPISODE_REWARD",
     "AsyncEnvironment",
     "Calculator",
     "ChatRenderer",
     "Environment",
-    "EpisodeReward",
+    "EpisodeResult",
+    "EpisodeTruncated",
     "Episodes",
     "HermesToolCalls",
+    "LoopEnvironment",
     "MathFeedback",
     "Message",
+    "Model",
     "ParsedCalls",
     "Row",
     "StepResult",

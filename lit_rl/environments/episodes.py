@@ -1,13 +1,10 @@
-"""``Episodes``: the settings of multi-turn rollouts, and the reward an environment gives."""
+"""``Episodes``: the settings of multi-turn rollouts."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
-from lit_rl.environments.base import AsyncEnvironment, Environment
+from lit_rl.environments.base import AsyncEnvironment, Environment, LoopEnvironment
 from lit_rl.environments.parsers import ParsedCalls
-from lit_rl.rewards import Batch, RewardOutput
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class Episodes:
             environment reads the turn's text itself.
     """
 
-    environment: Callable[[], Environment | AsyncEnvironment]
+    environment: Callable[[], Environment | AsyncEnvironment | LoopEnvironment]
     max_turns: int = 4
     max_episode_tokens: int = 1024
     max_observation_tokens: int | None = 256
@@ -49,23 +46,3 @@ class Episodes:
                 f"Episodes.max_observation_tokens must be >= 1 or None, got "
                 f"{self.max_observation_tokens}"
             )
-
-
-EPISODE_REWARD = "episode_reward"  # the field an EpisodeSampler adds: the environment's reward
-
-
-class EpisodeReward:
-    """The reward the environment gave each episode (its steps' rewards summed), for the
-    module's ``reward``; combine it with others in ``lit_rl.rewards.WeightedSum``."""
-
-    name = "environment"
-
-    def __call__(self, prompts: list[str], completions: list[str], batch: Batch) -> RewardOutput:
-        if EPISODE_REWARD not in batch:
-            raise KeyError(
-                "EpisodeReward reads the environment's reward of each episode, but these "
-                "rollouts are single completions: set the module's episodes (an environment), "
-                "or use a reward that scores the completion"
-            )
-        values = torch.tensor(batch[EPISODE_REWARD], dtype=torch.float32)
-        return RewardOutput(total=values, components={self.name: values})

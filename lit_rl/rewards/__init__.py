@@ -1,5 +1,6 @@
 """Rewards: how they are called and checked, math correctness (math-verify), format, weighted sums, plain functions,
-a learned reward model, process rewards (rule-based arithmetic steps, a learned process reward model)."""
+a learned reward model, process rewards (rule-based arithmetic steps, a learned process reward model),
+and the rewards an environment gave its episodes (summed, or per turn)."""
 
 from lit_rl.rewards.base import (
     Batch,
@@ -16,6 +17,13 @@ from lit_rl.rewards.base import (
     steps_output,
 )
 from lit_rl.rewards.combine import WeightedSum
+from lit_rl.rewards.episode import (
+    EPISODE_REWARD,
+    TURN_ENDS,
+    TURN_REWARDS,
+    EpisodeReward,
+    TurnRewards,
+)
 from lit_rl.rewards.format import FormatReward
 from lit_rl.rewards.math import MathCorrectness, extract_answer
 from lit_rl.rewards.process_model import ProcessRewardModel
@@ -23,7 +31,11 @@ from lit_rl.rewards.reward_model import RewardModel
 from lit_rl.rewards.steps import ArithmeticSteps
 
 __all__ = [
+    "EPISODE_REWARD",
+    "TURN_ENDS",
+    "TURN_REWARDS",
     "ArithmeticSteps",
+    "EpisodeReward",
     "Batch",
     "FormatReward",
     "FunctionReward",
@@ -34,6 +46,7 @@ __all__ = [
     "RewardModel",
     "RewardOutput",
     "Step",
+    "TurnRewards",
     "WeightedSum",
     "call_reward",
     "check_reward_fields",

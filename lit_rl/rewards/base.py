@@ -7,7 +7,7 @@ A reward is any callable ``reward(prompts, completions, batch) -> RewardOutput``
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -23,15 +23,18 @@ class RewardOutput:
 
     ``total`` is the outcome reward. A process reward (DeepSeekMath §4.1.3) also scores the
     reasoning steps of each completion: ``step_rewards[i, j]`` is the reward of step j of
-    completion i and ``step_ends[i, j]`` the character offset in ``completions[i]`` where that
-    step ends (exclusive, as in ``completion[start:end]``); rows with fewer steps are padded
-    with ``step_ends = -1``. The pipeline maps the offsets to completion tokens.
+    completion i and ``step_ends[i, j]`` where that step ends; rows with fewer steps are padded
+    with ``step_ends = -1``. ``step_ends_in`` says in what: ``characters``, the exclusive
+    offset in ``completions[i]`` (as in ``completion[start:end]``; the pipeline maps it to the
+    completion token that holds the character), or ``tokens``, the completion-token index
+    itself (a multi-turn episode's turns, ``TurnRewards``).
     """
 
     total: torch.Tensor  # [N] float32, the outcome reward
     components: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], for logging
     step_rewards: torch.Tensor | None = None  # [N, S] float32
-    step_ends: torch.Tensor | None = None  # [N, S] long, character offsets, -1 = padding step
+    step_ends: torch.Tensor | None = None  # [N, S] long, -1 = padding step
+    step_ends_in: Literal["characters", "tokens"] = "characters"
 
 
 @runtime_checkable
@@ -144,8 +147,13 @@ def _check_steps(output: RewardOutput, name: str, num_completions: int, where: s
         raise ValueError(f"reward '{name}' gave non-finite step_rewards for {where}")
     if ends.dtype.is_floating_point or (ends < -1).any():
         raise ValueError(
-            f"reward '{name}' gave step_ends that are not integer character offsets "
-            f"(-1 = padding) for {where}"
+            f"reward '{name}' gave step_ends that are not integer "
+            f"{output.step_ends_in.removesuffix('s')} offsets (-1 = padding) for {where}"
+        )
+    if output.step_ends_in not in ("characters", "tokens"):
+        raise ValueError(
+            f"reward '{name}' gave step_ends_in={output.step_ends_in!r} for {where}; use "
+            "'characters' or 'tokens'"
         )
 
 

@@ -9,7 +9,7 @@ from lit_rl.rollout.engine import (
     RolloutEngine,
     completion_mask_from_eos,
 )
-from lit_rl.rollout.episodes import EpisodeSampler
+from lit_rl.rollout.episodes import EpisodeCompletions, EpisodeSampler
 from lit_rl.rollout.fingerprint import (
     adapter_fingerprint,
     dense_fingerprint,
@@ -28,6 +28,7 @@ __all__ = [
     "CompletionSampler",
     "Completions",
     "EngineSession",
+    "EpisodeCompletions",
     "EpisodeSampler",
     "Generation",
     "GenerationRequest",

@@ -21,7 +21,7 @@ WholeWeights = Callable[[nn.Module], AbstractContextManager[nn.Module]]
 @dataclass(frozen=True)
 class Completions:
     """N = B x G rollouts, prompt-major (rows k*G .. k*G+G-1 answer prompt k): one completion
-    per row, or one multi-turn episode per row (``lit_rl.rollout.EpisodeSampler``), where
+    per row, or one multi-turn episode per row (``lit_rl.rollout.EpisodeCompletions``), where
     everything after the first prompt (the model's turns and the environment's answers, as
     one token sequence) is the completion and its mask marks the tokens the policy sampled."""
 
@@ -37,10 +37,7 @@ class Completions:
     # that was not done)
     weights_version: int  # the optimizer step whose weights sampled them
     weights_fingerprint: float  # of those weights, as the engine holds them
-    transcripts: list[str] = field(default_factory=list)  # N, for sample panels (episodes:
-    # the environment's spans marked); empty = the texts
     fields: dict[str, list[Any]] = field(default_factory=dict)  # per-row fields for the reward
-    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N], logged
 
     def to(self, device: torch.device) -> "Completions":
         """Every tensor on ``device``."""
@@ -49,8 +46,7 @@ class Completions:
             for name, value in vars(self).items()
             if isinstance(value, torch.Tensor)
         }
-        stats = {name: value.to(device) for name, value in self.stats.items()}
-        return replace(self, **moved, stats=stats)
+        return replace(self, **moved)
 
 
 class CompletionSampler:

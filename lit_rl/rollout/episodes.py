@@ -1,69 +1,72 @@
 """EpisodeSampler: rollouts as multi-turn episodes against an environment, token in, token out.
 
-One episode per row (G per prompt, each with its own environment instance). Every turn, the
-live episodes' conversations so far go to the engine as one batch; each row keeps the ids the
-engine sampled (mask 1) and the engine's logprobs of them; the environment answers each turn,
-and its observation is rendered alone and appended (mask 0, ``lit_rl.environments.ChatRenderer``).
-The result is a ``Completions`` like a single turn's: everything after the first prompt is the
-completion, so every algorithm, estimator, loss and statistic runs on it unchanged and counts
-the sampled tokens only.
+One episode per row (G per prompt, each with its own environment instance, all reset with the
+prompt's group seed). The episodes run as tasks on one event loop for the whole rollout: a step
+environment's loop (reset, then a turn and a step until done or out of budget) or a loop
+environment's own ``run``. Whenever every live episode waits on the model, their conversations
+so far go to the engine as one batch (``TurnBatcher``); each row keeps the ids the engine
+sampled (mask 1) and the engine's logprobs of them; the environment's answers are rendered
+alone and appended (mask 0, ``lit_rl.environments.ChatRenderer``). The result is
+``EpisodeCompletions``: everything after the first prompt is the completion, so every
+algorithm, estimator, loss and statistic runs on it unchanged and counts the sampled tokens
+only.
 """
 
 import asyncio
 import inspect
-from collections import defaultdict
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from lit_rl.environments import (
-    EPISODE_REWARD,
     AsyncEnvironment,
     ChatRenderer,
     Environment,
+    EpisodeResult,
     Episodes,
+    EpisodeTruncated,
+    LoopEnvironment,
     Message,
     ParsedCalls,
-    StepResult,
     Turn,
 )
+from lit_rl.rewards import EPISODE_REWARD, TURN_ENDS, TURN_REWARDS
 from lit_rl.rollout.completions import Completions, CompletionSampler, WholeWeights
+from lit_rl.rollout.conversation import Conversation, NextTurn
 from lit_rl.rollout.engine import RolloutEngine
 from lit_rl.rollout.request import SamplingParams
+from lit_rl.rollout.turns import EpisodeTokens, TurnBatcher
 
 ENVIRONMENT_SPAN = "⟦{}⟧"  # how sample panels mark the tokens the environment wrote
+AnyEnvironment = Environment | AsyncEnvironment | LoopEnvironment
 
 
-@dataclass
-class EpisodeTokens:
-    """One episode's tokens as they grow: the first prompt, then the model's turns (sampled)
-    and the environment's answers."""
+@dataclass(frozen=True)
+class EpisodeCompletions(Completions):
+    """``Completions`` whose rows are multi-turn episodes: ``texts`` are the last turns,
+    ``transcripts`` the whole episodes (the environment's spans marked), ``stats`` per-row
+    episode statistics ([N] each, logged as ``rollout/episode/<name>``); ``fields`` carry the
+    environment's rewards (``episode_reward``, ``turn_rewards``, ``turn_ends``)."""
 
-    prompt: list[int]
-    ids: list[int] = field(default_factory=list)
-    sampled: list[bool] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    turns: int = 0
-    reward: float = 0.0
-    done: bool = False
-    last_text: str = ""
-    metrics: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    transcripts: list[str] = field(default_factory=list)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def append(self, ids: list[int], sampled: bool, logprobs: list[float] | None = None) -> None:
-        self.ids += ids
-        self.sampled += [sampled] * len(ids)
-        self.logprobs += logprobs if logprobs is not None else [0.0] * len(ids)
+    def to(self, device: torch.device) -> "EpisodeCompletions":
+        moved = super().to(device)
+        return replace(moved, stats={k: v.to(device) for k, v in self.stats.items()})
 
 
 class EpisodeSampler(CompletionSampler):
-    """A ``CompletionSampler`` whose rollouts are episodes (``Episodes``). Its ``Completions``
-    carry, per row: the environment's reward as the field ``episode_reward`` (read by
-    ``lit_rl.environments.EpisodeReward``), the last turn's text for other rewards, and the
-    statistics ``turns``, ``environment_tokens``, ``observations_cut`` and what the
-    environment reports (``tool_calls``, ``tool_errors``), logged as ``rollout/episode/*``.
+    """A ``CompletionSampler`` whose rollouts are episodes (``Episodes``). Its
+    ``EpisodeCompletions`` carry, per row: the environment's rewards as fields (the sum
+    ``episode_reward``, read by ``lit_rl.rewards.EpisodeReward``; each turn's reward and the
+    completion token it lands on, read by ``lit_rl.rewards.TurnRewards``), the last turn's text
+    for other rewards, and the statistics ``turns``, ``environment_tokens``,
+    ``observations_cut`` and what the environment reports (``tool_calls``, ``tool_errors``).
 
     Args (after ``CompletionSampler``'s):
         episodes: the environment and the budgets.
@@ -89,82 +92,158 @@ class EpisodeSampler(CompletionSampler):
 
     def rollouts(
         self, batch: dict[str, Any], num_generations: int, version: int, greedy: bool = False
-    ) -> Completions:
-        """``num_generations`` episodes of each of ``batch``'s rows (its list fields), each
-        environment reset with a seed drawn from torch's RNG (the rollout's seeded stream)."""
+    ) -> EpisodeCompletions:
+        """``num_generations`` episodes of each of ``batch``'s rows (its list fields). The G
+        episodes of a row share one seed drawn from torch's RNG (the rollout's seeded
+        stream): the same problem, sampled G ways."""
         names = [key for key, values in batch.items() if isinstance(values, list)]
         columns = zip(*(batch[name] for name in names), strict=True)
-        rows = [dict(zip(names, values, strict=True)) for values in columns]
-        rows = [row for row in rows for _ in range(num_generations)]
-        seeds = torch.randint(0, 2**62, (len(rows),)).tolist()
+        prompts = [dict(zip(names, values, strict=True)) for values in columns]
+        group_seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
+        rows = [row for row in prompts for _ in range(num_generations)]
+        seeds = [seed for seed in group_seeds for _ in range(num_generations)]
         environments = [self.episodes.environment() for _ in rows]
-        try:
-            first = self._answer(environments, "reset", list(zip(rows, seeds, strict=True)))
-            episodes = [
-                EpisodeTokens(self.renderer.prompt(messages, env.tool_schemas()))
-                for env, messages in zip(environments, first, strict=True)
-            ]
-            with self.awake(version):  # every turn on weights gathered and woken once
-                weights = self._play(environments, episodes, version, greedy)
-        finally:
-            self._answer(environments, "close", [() for _ in environments])
+        episodes = [EpisodeTokens() for _ in rows]
+        with self.awake(version):  # every turn on weights gathered and woken once
+            weights = asyncio.run(self._play(environments, rows, seeds, episodes, version, greedy))
         return self._completions(episodes, *weights).to(batch["input_ids"].device)
 
-    def _play(
+    async def _play(
         self,
-        environments: list[Environment | AsyncEnvironment],
+        environments: list[AnyEnvironment],
+        rows: list[dict[str, Any]],
+        seeds: list[int],
         episodes: list[EpisodeTokens],
         version: int,
         greedy: bool,
     ) -> tuple[int, float]:
-        """Turns until every episode is over; the version and fingerprint of the weights that
-        sampled them (one sync: every turn samples at ``version``)."""
+        """Every episode to its end on this event loop, then every environment closed; the
+        version and fingerprint of the weights that sampled them (one sync: every turn
+        samples at ``version``)."""
+        weights = [(version, float("nan"))]
+
+        def sample_turns(waiting: list[EpisodeTokens]) -> list[Turn]:
+            turns, weights[0] = self._sample_turns(waiting, version, greedy)
+            return turns
+
+        batcher = TurnBatcher(sample_turns)
+        plays = [
+            self._episode(environment, row, seed, episode, partial(batcher.turn, index))
+            for index, (environment, row, seed, episode) in enumerate(
+                zip(environments, rows, seeds, episodes, strict=True)
+            )
+        ]
+        try:
+            await batcher.serve(plays)
+        finally:
+            await asyncio.gather(*(_resolved(environment.close()) for environment in environments))
+        return weights[0]
+
+    async def _episode(
+        self,
+        environment: AnyEnvironment,
+        row: dict[str, Any],
+        seed: int,
+        episode: EpisodeTokens,
+        next_turn: NextTurn,
+    ) -> None:
+        if isinstance(environment, LoopEnvironment):
+            await self._loop_episode(environment, row, seed, episode, next_turn)
+        else:
+            await self._step_episode(environment, row, seed, episode, next_turn)
+
+    async def _step_episode(
+        self,
+        environment: Environment | AsyncEnvironment,
+        row: dict[str, Any],
+        seed: int,
+        episode: EpisodeTokens,
+        next_turn: NextTurn,
+    ) -> None:
+        """A step environment's episode: reset, then turn and step until the environment says
+        done (or the episode is out of turns or tokens: then the environment scores it)."""
+        first = await _resolved(environment.reset(row, seed))
+        episode.prompt = self.renderer.prompt(first, environment.tool_schemas())
+        while True:
+            turn = await next_turn(episode)
+            result = await _resolved(environment.step(turn))
+            episode.add_reward(result.reward, result.metrics)
+            if result.done:
+                episode.done = True
+                return
+            if not self._observe(episode, result.observation, turn.stopped):
+                last = await _resolved(environment.truncate())
+                episode.add_reward(last.reward, last.metrics)
+                return
+
+    async def _loop_episode(
+        self,
+        environment: LoopEnvironment,
+        row: dict[str, Any],
+        seed: int,
+        episode: EpisodeTokens,
+        next_turn: NextTurn,
+    ) -> None:
+        """A loop environment's episode: its ``run``, awaiting the model through a
+        ``Conversation``; an episode whose budget ran out is truncated, scored by what ``run``
+        returns (nothing when it let ``EpisodeTruncated`` through)."""
+        conversation = Conversation(episode, self.renderer, self._observe, next_turn)
+        try:
+            result = await environment.run(row, seed, conversation)
+        except EpisodeTruncated:
+            if not conversation.truncated:
+                raise  # not lit_rl's: the environment's own error
+            result = EpisodeResult()
+        if not isinstance(result, EpisodeResult):
+            raise TypeError(
+                f"{type(environment).__name__}.run returned {type(result).__name__}; a "
+                "LoopEnvironment returns lit_rl.environments.EpisodeResult(reward, "
+                "turn_rewards, metrics)"
+            )
+        turn_rewards = result.turn_rewards or [0.0] * episode.turns
+        if len(turn_rewards) != episode.turns:
+            raise ValueError(
+                f"{type(environment).__name__}.run returned {len(turn_rewards)} turn_rewards "
+                f"for an episode of {episode.turns} model turns: give one per model call"
+            )
+        for index, reward in enumerate(turn_rewards):
+            episode.turn_rewards[index] += float(reward)
+            episode.reward += float(reward)
+        episode.add_reward(result.reward, result.metrics)
+        episode.done = not conversation.truncated
+
+    def _sample_turns(
+        self, waiting: list[EpisodeTokens], version: int, greedy: bool
+    ) -> tuple[list[Turn], tuple[int, float]]:
+        """One turn of each waiting episode, sampled as one batch and appended to it (at most
+        ``max_completion_length`` tokens or what remains of its budget); the turns, and the
+        version and fingerprint of the weights that sampled them."""
         budget, max_new = self.episodes.max_episode_tokens, self.sampling.max_new_tokens
         parse = self.episodes.tool_parser
-        live = list(range(len(episodes)))
-        weights = (version, float("nan"))
-        while live:
-            limits = [min(max_new, budget - len(episodes[i].ids)) for i in live]
-            prompt_ids, prompt_mask = self._left_padded(
-                [episodes[i].prompt + episodes[i].ids for i in live]
-            )
-            sampled = self.sample(prompt_ids, prompt_mask, 1, version, greedy, max(limits))
-            weights = (sampled.weights_version, sampled.weights_fingerprint)
-            turns = []
-            for row, (i, limit) in enumerate(zip(live, limits, strict=True)):
-                length = min(int(sampled.mask[row].sum()), limit)
-                ids = sampled.ids[row, :length].tolist()
-                episodes[i].append(ids, True, sampled.logprobs[row, :length].tolist())
-                text = self.decode(ids)
-                calls = parse(text) if parse is not None else ParsedCalls()
-                stopped = bool(ids) and ids[-1] in self.eos_token_ids
-                index = episodes[i].turns
-                turns.append(Turn(text, index, calls.calls, calls.errors, stopped))
-            results = self._answer([environments[i] for i in live], "step", [(t,) for t in turns])
-            live = [
-                i
-                for i, turn, result in zip(live, turns, results, strict=True)
-                if self._continue(episodes[i], turn, result)
-            ]
-        return weights
+        limits = [min(max_new, budget - len(episode.ids)) for episode in waiting]
+        prompt_ids, prompt_mask = self._left_padded([e.prompt + e.ids for e in waiting])
+        sampled = self.sample(prompt_ids, prompt_mask, 1, version, greedy, max(limits))
+        turns = []
+        for row, (episode, limit) in enumerate(zip(waiting, limits, strict=True)):
+            length = min(int(sampled.mask[row].sum()), limit)
+            ids = sampled.ids[row, :length].tolist()
+            text = self.decode(ids)
+            index = episode.turns
+            episode.add_turn(ids, sampled.logprobs[row, :length].tolist(), text)
+            calls = parse(text) if parse is not None else ParsedCalls()
+            stopped = bool(ids) and ids[-1] in self.eos_token_ids
+            turns.append(Turn(text, index, calls.calls, calls.errors, stopped))
+        return turns, (sampled.weights_version, sampled.weights_fingerprint)
 
-    def _continue(self, episode: EpisodeTokens, turn: Turn, result: StepResult) -> bool:
-        """Record the environment's answer to ``turn``; whether the episode goes on (its
-        observation appended)."""
-        episode.turns += 1
-        episode.reward += float(result.reward)
-        episode.last_text = turn.text
-        for name, value in result.metrics.items():
-            episode.metrics[name] += float(value)
+    def _observe(self, episode: EpisodeTokens, messages: list[Message], stopped: bool) -> bool:
+        """Append the environment's ``messages`` after a turn (``stopped``: it ended with its
+        EOS), within the budgets; whether the episode has room for another turn (else it is
+        truncated: the turn cap, the budget spent by the turn, or an observation that reaches
+        the budget, cut there)."""
         remaining = self.episodes.max_episode_tokens - len(episode.ids)
-        if result.done:
-            episode.done = True
-            return False
         if episode.turns >= self.episodes.max_turns or remaining == 0:
-            return False  # truncated: the turn cap, or the budget spent by the turn
-        observation = self.renderer.observation(
-            self._cut(result.observation, episode), turn.stopped
-        )
+            return False
+        observation = self.renderer.observation(self._cut(messages, episode), stopped)
         episode.append(observation[:remaining], sampled=False)
         return len(observation) < remaining  # one that reaches the budget leaves no turn
 
@@ -181,23 +260,6 @@ class EpisodeSampler(CompletionSampler):
                 episode.metrics["observations_cut"] += 1
             cut.append(message)
         return cut
-
-    @staticmethod
-    def _answer(
-        environments: list[Any], method: str, arguments: list[tuple[Any, ...]]
-    ) -> list[Any]:
-        """``method`` of every environment with its arguments: in turn for synchronous ones,
-        concurrently on one event loop for ``AsyncEnvironment``s."""
-        calls = [
-            getattr(env, method)(*args) for env, args in zip(environments, arguments, strict=True)
-        ]
-        if calls and inspect.isawaitable(calls[0]):
-
-            async def together() -> list[Any]:
-                return await asyncio.gather(*calls)
-
-            return asyncio.run(together())
-        return calls
 
     def _left_padded(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(s) for s in sequences)
@@ -231,7 +293,7 @@ class EpisodeSampler(CompletionSampler):
                 for name in metric_names
             },
         }
-        return Completions(
+        return EpisodeCompletions(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
             ids=ids,
@@ -242,7 +304,11 @@ class EpisodeSampler(CompletionSampler):
             weights_version=version,
             weights_fingerprint=fingerprint,
             transcripts=[self._transcript(e) for e in episodes],
-            fields={EPISODE_REWARD: [e.reward for e in episodes]},
+            fields={
+                EPISODE_REWARD: [e.reward for e in episodes],
+                TURN_REWARDS: [list(e.turn_rewards) for e in episodes],
+                TURN_ENDS: [list(e.turn_ends) for e in episodes],
+            },
             stats=stats,
         )
 
@@ -258,3 +324,8 @@ class EpisodeSampler(CompletionSampler):
                     parts.append(ENVIRONMENT_SPAN.format(self.tokenizer.decode(span)))
                 start = end
         return "".join(parts)
+
+
+async def _resolved(value: Any) -> Any:
+    """``value``, awaited when a coroutine (an async environment's answer) gave it."""
+    return await value if inspect.isawaitable(value) else value

@@ -8,10 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lit_rl.environments import EpisodeReward, Episodes
+from lit_rl.environments import Episodes
 from lit_rl.modules import GRPOModule, PPOModule
+from lit_rl.rewards import EpisodeReward
 from tests.conftest import Trained, built, fit_rollouts, tiny_module_args
-from tests.environments.toy import Guess
+from tests.environments.toy import Guess, TextLength
 
 
 class Logged(Trained):
@@ -62,6 +63,11 @@ def test_nothing_outside_the_mask_reaches_the_loss(trained):
     module, logged = trained
     experience = logged.batches[0].experience
     outside = ~experience.completion_mask
+    # Advantages with a spread on the sampled tokens (a random tiny model's groups may all
+    # miss: then every advantage is 0 and no gradient would show what reaches the loss).
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.randn(experience.completion_mask.shape, generator=generator)
+    experience = replace(experience, advantages=spread * experience.completion_mask)
 
     def garbage(tensor, value):
         return (
@@ -74,11 +80,24 @@ def test_nothing_outside_the_mask_reaches_the_loss(trained):
         ref_logprobs=garbage(experience.ref_logprobs, -50.0),
         sampler_logprobs=garbage(experience.sampler_logprobs, -50.0),
     )
-    clean = module.accumulate_gradients(experience, 1.0).stats
-    dirty = module.accumulate_gradients(spoiled, 1.0).stats
-    assert clean.keys() == dirty.keys() and clean["loss"] != 0
+    clean, clean_grads = _stats_and_gradients(module, experience)
+    dirty, dirty_grads = _stats_and_gradients(module, spoiled)
+    assert clean.keys() == dirty.keys()
     for name, value in clean.items():
         assert torch.equal(value, dirty[name]), name
+    # Not vacuous: the loss moves the adapters.
+    assert any(g.abs().max() > 0 for g in clean_grads.values())
+    for name, grad in clean_grads.items():
+        assert torch.equal(grad, dirty_grads[name]), name
+
+
+def _stats_and_gradients(module, experience):
+    """The loss's statistics of one micro-batch and the gradients it leaves."""
+    module.zero_grad(set_to_none=True)
+    stats = module.accumulate_gradients(experience, 1.0).stats
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    module.zero_grad(set_to_none=True)
+    return stats, grads
 
 
 def test_ppo_on_episodes_keeps_the_environments_tokens_out_of_its_losses(tiny_model_dir):
@@ -98,6 +117,50 @@ def test_ppo_on_episodes_keeps_the_environments_tokens_out_of_its_losses(tiny_mo
     dirty = module.accumulate_gradients(spoiled, 1.0).stats
     for name, value in clean.items():
         assert torch.equal(value, dirty[name]), name
+
+
+def test_each_turns_reward_credits_that_turn_and_the_ones_before(tiny_model_dir):
+    # TurnRewards with process supervision (DeepSeekMath §4.1.3, a turn as a step): every turn
+    # reward normalised by the mean and sample std of all turn rewards of its group, and a
+    # token credited with the normalised rewards of its turn and the turns after it. Checked
+    # against a loop over the episodes the run really sampled (PackedEngine).
+    from lit_rl.experience import ProcessSupervised
+    from lit_rl.rewards import TurnRewards
+
+    TextLength.instances.clear()
+    episodes = Episodes(TextLength, max_turns=3, max_episode_tokens=80, max_observation_tokens=30)
+    args = tiny_module_args(
+        tiny_model_dir,
+        reward=TurnRewards(),
+        episodes=episodes,
+        advantage_estimator=ProcessSupervised(),
+    )
+    logged = Logged()
+    fit_rollouts(GRPOModule(**args), tiny_model_dir, steps=1, callbacks=(logged,))
+    e = logged.batches[0].experience
+    group = 4
+    for start in range(0, len(e), group):
+        turns = []  # (row, the token where the turn ends, its reward) of the group's episodes
+        for row in range(start, start + group):
+            sampled = e.completion_mask[row].nonzero().flatten().tolist()
+            # A turn ends where the next sampled token does not follow it, or at the last one.
+            ends = [t for t, u in zip(sampled, [*sampled[1:], -1], strict=True) if u != t + 1]
+            assert e.step_ends[row][e.step_ends[row] >= 0].tolist() == ends
+            rewards = TextLength.instances[row].rewards
+            assert len(rewards) == len(ends)
+            turns += [(row, end, reward) for end, reward in zip(ends, rewards, strict=True)]
+        rewards = torch.tensor([reward for _, _, reward in turns], dtype=torch.float64)
+        normalized = ((rewards - rewards.mean()) / (rewards.std() + 1e-4)).tolist()
+        for row in range(start, start + group):
+            for t in range(e.completion_mask.shape[1]):
+                credit = sum(
+                    n
+                    for (r, end, _), n in zip(turns, normalized, strict=True)
+                    if r == row and end >= t
+                )
+                expected = credit if e.completion_mask[row, t] else 0.0
+                assert e.advantages[row, t].item() == pytest.approx(expected, abs=1e-5), (row, t)
+    assert e.advantages.abs().max() > 0.1  # the turns' rewards had a spread
 
 
 def test_a_process_reward_is_refused_on_episodes(tiny_model_dir):
@@ -125,7 +188,7 @@ model:
   class_path: lit_rl.modules.GRPOModule
   init_args:
     model: {tiny_model_dir}
-    reward: {{class_path: lit_rl.environments.EpisodeReward}}
+    reward: {{class_path: lit_rl.rewards.EpisodeReward}}
     episodes:
       environment:
         class_path: lit_rl.environments.MathFeedback

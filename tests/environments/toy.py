@@ -71,6 +71,36 @@ class Guess(Environment):
         self.closed = True
 
 
+class SecretNumber(Environment):
+    """A secret digit drawn from the seed (its last digit; the prompt shows the seed); a turn
+    that says it earns 1. Episodes with the same seed play the same game."""
+
+    def reset(self, row, seed):
+        self.secret = str(seed % 10)
+        return [{"role": "user", "content": f"{row['prompt']} game {seed}"}]
+
+    def step(self, turn):
+        return StepResult(reward=float(self.secret in turn.text), done=True)
+
+
+class TextLength(Environment):
+    """Each turn earns ``len(turn.text) % 3`` (a spread of rewards from random text); "again"
+    after each. Every instance is kept in ``instances``, with its turns' rewards."""
+
+    instances: list["TextLength"] = []
+
+    def __init__(self) -> None:
+        self.rewards: list[float] = []
+        TextLength.instances.append(self)
+
+    def reset(self, row, seed):
+        return [{"role": "user", "content": row["prompt"]}]
+
+    def step(self, turn):
+        self.rewards.append(float(len(turn.text) % 3))
+        return StepResult([{"role": "user", "content": "again"}], reward=self.rewards[-1])
+
+
 class AsyncGuess(AsyncEnvironment):
     """``Guess`` answered asynchronously: every episode's step waits until all ``expected``
     episodes are inside their step, so answering them one after the other would time out."""

@@ -53,7 +53,7 @@ def config(
             "max_turns": 3,
             "max_episode_tokens": 80,
         }
-        model["reward"] = {"class_path": "lit_rl.environments.EpisodeReward"}
+        model["reward"] = {"class_path": "lit_rl.rewards.EpisodeReward"}
     if algorithm == "ppo":
         model |= {"ppo_epochs": 2, "kl_coef": 0.05, "value_learning_rate": 1e-2}
         if not lora:  # the critic is a second model (with LoRA, an adapter on the policy)

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from lit_rl.environments import (
-    EPISODE_REWARD,
     Calculator,
     ChatRenderer,
     Episodes,
@@ -19,9 +18,10 @@ from lit_rl.environments import (
     TemplateError,
 )
 from lit_rl.models import load_model, load_tokenizer
+from lit_rl.rewards import EPISODE_REWARD
 from lit_rl.rollout import EpisodeSampler, SamplingParams
 from tests.conftest import CHAT_TEMPLATE
-from tests.environments.toy import AsyncGuess, Guess, TurnEngine
+from tests.environments.toy import AsyncGuess, Guess, SecretNumber, TurnEngine
 
 EOS = "<|im_end|>"
 
@@ -164,16 +164,35 @@ def test_observations_are_cut_to_max_observation_tokens(parts):
     assert out.stats["observations_cut"].tolist() == [1.0]
 
 
-def test_the_g_episodes_of_a_prompt_are_independent_environments(parts):
+def test_the_g_episodes_of_a_prompt_are_independent_environments_with_the_groups_seed(parts):
     episodes = Episodes(Guess, max_turns=1)
     out, _ = run(
         parts, ["5"], episodes, [ROW, {"prompt": "1+1?", "answer": "2"}], num_generations=3
     )
     assert len(Guess.instances) == 6 and len({id(e) for e in Guess.instances}) == 6
-    assert len({e.seed for e in Guess.instances}) == 6  # each its own seed
+    seeds = [e.seed for e in Guess.instances]  # one per prompt, shared by its G episodes
+    assert seeds[:3] == [seeds[0]] * 3 and seeds[3:] == [seeds[3]] * 3 and seeds[0] != seeds[3]
     assert [e.row["prompt"] for e in Guess.instances] == ["2+3?"] * 3 + ["1+1?"] * 3
     assert all(e.closed for e in Guess.instances)
     assert out.fields[EPISODE_REWARD] == [1.0] * 3 + [0.0] * 3
+
+
+def test_the_g_episodes_of_a_seeded_environment_play_the_same_game(parts):
+    # A secret drawn from the seed (as the docs' GuessTheNumber draws it): the 4 episodes of
+    # each prompt are posed the same problem, token for token, and another prompt another one;
+    # the secret decides the reward, so the group's rewards compare one game.
+    episodes = Episodes(SecretNumber, max_turns=1)
+    out, _ = run(parts, ["7"], episodes, [ROW, ROW], num_generations=4)
+    prompts = [
+        tuple(row[mask.bool()].tolist())
+        for row, mask in zip(out.prompt_ids, out.prompt_mask, strict=True)
+    ]
+    assert len(set(prompts[:4])) == 1 and len(set(prompts[4:])) == 1
+    assert prompts[0] != prompts[4]
+    games = [parts[0].decode(list(p)).split("game ")[1].split("<")[0] for p in prompts[::4]]
+    secrets = [game[-1] for game in games]
+    expected = [float(secret == "7") for secret in secrets for _ in range(4)]
+    assert out.fields[EPISODE_REWARD] == expected
 
 
 def test_seeds_follow_torchs_rng(parts):

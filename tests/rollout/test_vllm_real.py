@@ -211,7 +211,8 @@ def test_a_sync_that_does_not_reach_vllm_stops_the_run_by_name(model_dir, lora, 
 def test_episodes_are_sampled_turn_by_turn_by_the_real_vllm(model_dir):
     # Every turn a batch of the live episodes' conversations; the engine's logprobs of the
     # sampled turns are the trainer's (float32), the environment's tokens masked out.
-    from lit_rl.environments import EpisodeReward, Episodes
+    from lit_rl.environments import Episodes
+    from lit_rl.rewards import EpisodeReward
     from tests.environments.toy import Guess
 
     episodes = Episodes(Guess, max_turns=3, max_episode_tokens=80, max_observation_tokens=30)

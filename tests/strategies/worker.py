@@ -24,10 +24,10 @@ from torch.utils.data import DataLoader
 from lit_rl.callbacks import RolloutCallback
 from lit_rl.callbacks.checkpoint import export_policy
 from lit_rl.data import generate_problems
-from lit_rl.environments import EpisodeReward, Episodes
+from lit_rl.environments import Episodes
 from lit_rl.models import Sequences, completion_logprobs, load_tokenizer
 from lit_rl.modules import GRPOModule, PolicyModule, PPOModule
-from lit_rl.rewards import WeightedSum
+from lit_rl.rewards import EpisodeReward, WeightedSum
 from lit_rl.rollout import (
     Generation,
     GenerationRequest,
