@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from lit_rl.data.math_problems import train_test_split
 from lit_rl.data.resumable import ResumableDataLoader, ResumableSampler
+from lit_rl.data.sources import RowSource
 from lit_rl.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,15 @@ class PromptDataModule(LightningDataModule):
         tokenizer: model name or directory whose tokenizer and chat template are used
             (LightningCLI links it to the model's name).
         train_data: ``embedded_math`` (procedural math, shipped), a ``.jsonl``/``.json``/
-            ``.parquet`` file, or a ``datasets`` name.
+            ``.parquet`` file, a ``datasets`` name, or a ``lit_rl.data.RowSource`` by
+            ``class_path`` (rows made by code: reasoning-gym's datasets, an environment's
+            games).
         val_data: the same kinds; ``None`` = the embedded test split for ``embedded_math``,
-            else no validation.
-        prompt_field: dataset column holding the question.
+            a ``RowSource``'s own validation rows for a ``RowSource`` (without the ones whose
+            prompt is also a training prompt), else no validation.
+        prompt_field: dataset column holding the question; ``None`` when an environment
+            writes the first messages itself (multi-turn ``episodes``): rows need no prompt
+            and nothing is rendered here.
         prompt_suffix: text appended to every question (e.g. the answer format to use).
         system_prompt: optional system message.
         batch_size: prompts per training step (each sampled ``num_generations`` times).
@@ -108,9 +114,9 @@ class PromptDataModule(LightningDataModule):
     def __init__(
         self,
         tokenizer: str = "embedded",
-        train_data: str = EMBEDDED_MATH,
-        val_data: str | None = None,
-        prompt_field: str = "question",
+        train_data: str | RowSource = EMBEDDED_MATH,
+        val_data: str | RowSource | None = None,
+        prompt_field: str | None = "question",
         prompt_suffix: str = "",
         system_prompt: str | None = None,
         batch_size: int = 2,
@@ -159,19 +165,40 @@ class PromptDataModule(LightningDataModule):
             self.seed + 1,
             self.math_templates,
         )
-        if self.train_data == EMBEDDED_MATH:
+        if isinstance(self.train_data, RowSource):
+            train = self.train_data.rows("train")
+            val = self._held_out(self.train_data.rows("validation"), train)
+        elif self.train_data == EMBEDDED_MATH:
             train, val = embedded_train, embedded_val
         else:
             train, val = load_rows(self.train_data, self.train_split), []
-        if self.val_data == EMBEDDED_MATH:
+        if isinstance(self.val_data, RowSource):
+            val = self._held_out(self.val_data.rows("validation"), train)
+        elif self.val_data == EMBEDDED_MATH:
             val = embedded_val
         elif self.val_data is not None:
             val = load_rows(self.val_data, self.val_split)
         return train, val[: self.num_val]
 
+    def _held_out(self, val: list[Row], train: list[Row]) -> list[Row]:
+        """A generator's validation rows without those whose prompt is a training prompt."""
+        if self.prompt_field is None:
+            return val
+        seen = {str(row.get(self.prompt_field)) for row in train}
+        kept = [row for row in val if str(row.get(self.prompt_field)) not in seen]
+        if len(kept) < len(val):
+            log.info(
+                "dropped %d of %d validation rows whose prompt is also a training prompt",
+                len(val) - len(kept),
+                len(val),
+            )
+        return kept
+
     def prepare(self, rows: list[Row], name: str) -> list[Row]:
         """``rows`` with their chat-templated prompt (``prompt``, ``prompt_ids``); ``name``
         says which rows in an error (a row without the prompt field, one too long)."""
+        if self.prompt_field is None:  # the environment writes the prompts
+            return [{**row, "prompt": "", "prompt_ids": []} for row in rows]
         prepared, too_long = [], 0
         for index, row in enumerate(rows):
             if self.prompt_field not in row:

@@ -157,6 +157,12 @@ class CompletionSampler:
         """``num_generations`` rollouts of each of ``batch``'s prompts (its ``input_ids`` and
         ``attention_mask``, [B, P]): here completions; an ``EpisodeSampler``'s are episodes."""
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if ids.shape[1] == 0:
+            raise ValueError(
+                "the prompts are empty (the data's prompt_field is null: an environment writes "
+                "them), but these rollouts are single completions: set the module's episodes "
+                "with an environment that writes the first messages, or name a prompt_field"
+            )
         return self.sample(ids, mask, num_generations, version, greedy)
 
     def decode(self, ids: list[int]) -> str:

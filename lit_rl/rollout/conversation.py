@@ -49,7 +49,7 @@ class Conversation:
         if self.truncated:
             raise EpisodeTruncated("this episode's turn or token budget is spent")
         if self.history is None or self.last_turn is None:
-            self.episode.prompt = self.renderer.prompt(messages, tools)
+            self.episode.start(self.renderer.prompt(messages, tools), messages)
         elif not self.observe(self.episode, self._new_messages(messages), self.last_turn.stopped):
             self.truncated = True
             raise EpisodeTruncated("this episode's turn or token budget is spent")

@@ -42,6 +42,7 @@ from lit_rl.rollout.request import SamplingParams
 from lit_rl.rollout.turns import EpisodeTokens, TurnBatcher
 
 ENVIRONMENT_SPAN = "⟦{}⟧"  # how sample panels mark the tokens the environment wrote
+SEED = "seed"  # a row field that fixes its group's seed (lit_rl.data.EnvironmentRows)
 AnyEnvironment = Environment | AsyncEnvironment | LoopEnvironment
 
 
@@ -62,7 +63,8 @@ class EpisodeCompletions(Completions):
 
 class EpisodeSampler(CompletionSampler):
     """A ``CompletionSampler`` whose rollouts are episodes (``Episodes``). Its
-    ``EpisodeCompletions`` carry, per row: the environment's rewards as fields (the sum
+    ``EpisodeCompletions`` carry, per row: the environment's first message as the ``prompt``
+    field (what rewards and sample panels read), the environment's rewards as fields (the sum
     ``episode_reward``, read by ``lit_rl.rewards.EpisodeReward``; each turn's reward and the
     completion token it lands on, read by ``lit_rl.rewards.TurnRewards``), the last turn's text
     for other rewards, and the statistics ``turns``, ``environment_tokens``,
@@ -94,12 +96,14 @@ class EpisodeSampler(CompletionSampler):
         self, batch: dict[str, Any], num_generations: int, version: int, greedy: bool = False
     ) -> EpisodeCompletions:
         """``num_generations`` episodes of each of ``batch``'s rows (its list fields). The G
-        episodes of a row share one seed drawn from torch's RNG (the rollout's seeded
-        stream): the same problem, sampled G ways."""
+        episodes of a row share one seed: the row's ``seed`` field where it has one (a
+        dataset of games), else one drawn from torch's RNG (the rollout's seeded stream):
+        the same problem, sampled G ways."""
         names = [key for key, values in batch.items() if isinstance(values, list)]
         columns = zip(*(batch[name] for name in names), strict=True)
         prompts = [dict(zip(names, values, strict=True)) for values in columns]
-        group_seeds = torch.randint(0, 2**62, (len(prompts),)).tolist()
+        drawn = torch.randint(0, 2**62, (len(prompts),)).tolist()
+        group_seeds = [int(row.get(SEED, seed)) for row, seed in zip(prompts, drawn, strict=True)]
         rows = [row for row in prompts for _ in range(num_generations)]
         seeds = [seed for seed in group_seeds for _ in range(num_generations)]
         environments = [self.episodes.environment() for _ in rows]
@@ -163,7 +167,7 @@ class EpisodeSampler(CompletionSampler):
         """A step environment's episode: reset, then turn and step until the environment says
         done (or the episode is out of turns or tokens: then the environment scores it)."""
         first = await _resolved(environment.reset(row, seed))
-        episode.prompt = self.renderer.prompt(first, environment.tool_schemas())
+        episode.start(self.renderer.prompt(first, environment.tool_schemas()), first)
         while True:
             turn = await next_turn(episode)
             result = await _resolved(environment.step(turn))
@@ -305,6 +309,7 @@ class EpisodeSampler(CompletionSampler):
             weights_fingerprint=fingerprint,
             transcripts=[self._transcript(e) for e in episodes],
             fields={
+                "prompt": [e.prompt_text for e in episodes],
                 EPISODE_REWARD: [e.reward for e in episodes],
                 TURN_REWARDS: [list(e.turn_rewards) for e in episodes],
                 TURN_ENDS: [list(e.turn_ends) for e in episodes],

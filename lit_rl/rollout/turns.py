@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-from lit_rl.environments import Turn
+from lit_rl.environments import Message, Turn
 
 
 @dataclass
@@ -24,6 +24,7 @@ class EpisodeTokens:
     and the environment's answers; each turn's reward sits on its last sampled token."""
 
     prompt: list[int] = field(default_factory=list)
+    prompt_text: str = ""  # the last of the first messages' content, for rewards and panels
     ids: list[int] = field(default_factory=list)
     sampled: list[bool] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
@@ -37,6 +38,11 @@ class EpisodeTokens:
     @property
     def turns(self) -> int:
         return len(self.turn_ends)
+
+    def start(self, prompt: list[int], messages: list[Message]) -> None:
+        """The episode's first ``messages``, rendered as ``prompt``."""
+        self.prompt = prompt
+        self.prompt_text = str(messages[-1]["content"]) if messages else ""
 
     def append(self, ids: list[int], sampled: bool, logprobs: list[float] | None = None) -> None:
         self.ids += ids

@@ -195,6 +195,16 @@ def test_the_g_episodes_of_a_seeded_environment_play_the_same_game(parts):
     assert out.fields[EPISODE_REWARD] == expected
 
 
+def test_a_rows_seed_is_its_groups_seed_and_the_prompt_is_the_environments(parts):
+    # Rows of games (lit_rl.data.EnvironmentRows) fix their seed; a row without one draws it.
+    # The environment's first message is the prompt rewards and sample panels read.
+    episodes = Episodes(SecretNumber, max_turns=1)
+    rows = [{"prompt": "", "seed": 1234}, {"prompt": "", "seed": 1234}]
+    out, _ = run(parts, ["4"], episodes, rows, num_generations=2)
+    assert out.fields["prompt"] == [" game 1234"] * 4
+    assert out.fields[EPISODE_REWARD] == [1.0] * 4  # the secret is 1234 % 10 = 4
+
+
 def test_seeds_follow_torchs_rng(parts):
     episodes = Episodes(Guess, max_turns=1)
     torch.manual_seed(7)
