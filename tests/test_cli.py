@@ -14,7 +14,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lit_rl.cli import run_cli
 
-RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+ALL_RECIPES = sorted(Path(__file__).parents[1].joinpath("recipes").glob("*.yaml"))
+
+
+def needs_extra(recipe: Path) -> bool:
+    """A recipe of lit_rl.integrations (its ``# extra:`` line): tests/integrations runs it."""
+    return any(line.startswith("# extra:") for line in recipe.read_text().splitlines())
+
+
+RECIPES = [recipe for recipe in ALL_RECIPES if not needs_extra(recipe)]
 TINY = [
     "--model.init_args.num_generations=4",
     "--model.init_args.max_completion_length=12",

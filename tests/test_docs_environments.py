@@ -30,7 +30,8 @@ def test_the_recipe_block_builds_episodes_of_that_environment(
 ):
     from lit_rl.cli import LitRLCLI
 
-    (recipe,) = [b for b in blocks("yaml") if "episodes:" in b]
+    recipe = blocks("yaml")[0]  # the page's first: the episodes of my_environments
+    assert "my_environments.GuessTheNumber" in recipe
     recipe = recipe.replace("  init_args:\n", f"  init_args:\n    model: {tiny_model_dir}\n", 1)
     config = tmp_path / "recipe.yaml"
     config.write_text(recipe + "data:\n  class_path: lit_rl.data.PromptDataModule\n")
