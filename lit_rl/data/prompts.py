@@ -17,6 +17,7 @@ from lit_rl.models import load_tokenizer
 log = logging.getLogger(__name__)
 
 EMBEDDED_MATH = "embedded_math"
+MESSAGES = "messages"  # a row's prompt as the chat messages it was given as
 Row = dict[str, Any]
 
 
@@ -93,9 +94,11 @@ class PromptDataModule(LightningDataModule):
         val_data: the same kinds; ``None`` = the embedded test split for ``embedded_math``,
             a ``RowSource``'s own validation rows for a ``RowSource`` (without the ones whose
             prompt is also a training prompt), else no validation.
-        prompt_field: dataset column holding the question; ``None`` when an environment
-            writes the first messages itself (multi-turn ``episodes``): rows need no prompt
-            and nothing is rendered here.
+        prompt_field: dataset column holding the question, or the prompt as a list of chat
+            messages (the verl/SkyRL format: rendered as given, kept in the row's
+            ``messages``, the last message's text as ``prompt``); ``None`` when an
+            environment writes the first messages itself (multi-turn ``episodes``): rows need
+            no prompt and nothing is rendered here.
         prompt_suffix: text appended to every question (e.g. the answer format to use).
         system_prompt: optional system message.
         batch_size: prompts per training step (each sampled ``num_generations`` times).
@@ -206,10 +209,7 @@ class PromptDataModule(LightningDataModule):
                     f"{name} row {index} has no field '{self.prompt_field}' (fields: "
                     f"{sorted(row)}); set prompt_field to the question column"
                 )
-            prompt = str(row[self.prompt_field]) + self.prompt_suffix
-            messages = [{"role": "user", "content": prompt}]
-            if self.system_prompt is not None:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
+            messages = self._messages(row[self.prompt_field], f"{name} row {index}")
             ids = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
@@ -223,7 +223,9 @@ class PromptDataModule(LightningDataModule):
                     )
                 too_long += 1
                 continue
-            prepared.append({**row, "prompt": prompt, "prompt_ids": list(ids)})
+            prompt = str(messages[-1]["content"])
+            extra = {MESSAGES: messages} if isinstance(row[self.prompt_field], list) else {}
+            prepared.append({**row, "prompt": prompt, "prompt_ids": list(ids), **extra})
         if too_long:
             log.warning(
                 "dropped %d of %d %s prompts longer than max_prompt_length=%d",
@@ -237,6 +239,25 @@ class PromptDataModule(LightningDataModule):
                 f"every {name} prompt was longer than max_prompt_length={self.max_prompt_length}"
             )
         return prepared
+
+    def _messages(self, value: Any, where: str) -> list[dict[str, str]]:
+        """The chat messages of a prompt column's value: a question (text), or the messages
+        themselves (the verl/SkyRL format), the suffix added to the last one and the system
+        prompt before them unless they have their own."""
+        if not isinstance(value, list):
+            value = [{"role": "user", "content": str(value)}]
+        if not value or not all(
+            isinstance(m, dict) and {"role", "content"} <= set(m) for m in value
+        ):
+            raise ValueError(
+                f"{where}'s '{self.prompt_field}' is a list but not of chat messages "
+                '({"role": ..., "content": ...}): give a question or a list of messages'
+            )
+        messages = [dict(m) for m in value]
+        messages[-1]["content"] = str(messages[-1]["content"]) + self.prompt_suffix
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return messages
 
     def setup(self, stage: str) -> None:
         if self.train_rows or self.val_rows:

@@ -10,6 +10,7 @@ on its turn, so ``lit_rl.rewards.TurnRewards`` trains each turn on its own rewar
 
 from typing import Any
 
+from lit_rl.data import MESSAGES
 from lit_rl.environments import Environment, Message, Row, StepResult, Turn
 from lit_rl.integrations import missing
 
@@ -27,7 +28,8 @@ class SkyRLGymEnvironment(Environment):
     """One skyrl-gym environment per episode.
 
     ``reset`` makes ``skyrl_gym.make(env, env_config=env_config, extras=...)`` and returns its
-    ``init`` messages (the row's prompt as a user message); each turn's text is the action,
+    ``init`` messages (a SkyRL-format row's own messages, else the row's prompt as a user
+    message); each turn's text is the action,
     and the environment's observations, reward and done come back as they are. A truncated
     episode earns nothing more (skyrl-gym's environments score each step, or their last).
 
@@ -69,7 +71,9 @@ class SkyRLGymEnvironment(Environment):
             truth = str(row[self.ground_truth_field])
             extras["reward_spec"] = {"method": "rule", "ground_truth": truth}
         self.env = skyrl_gym.make(self.env_name, env_config=self.env_config, extras=extras)
-        first, _ = self.env.init([{"role": "user", "content": str(row[self.prompt_field])}])
+        # A SkyRL-format row's prompt is its messages (the data module keeps them).
+        prompt = row.get(MESSAGES) or [{"role": "user", "content": str(row[self.prompt_field])}]
+        first, _ = self.env.init(list(prompt))
         return list(first)
 
     def step(self, turn: Turn) -> StepResult:

@@ -121,3 +121,39 @@ def test_collate_keeps_tensor_dtypes(tiny_model_dir):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].dtype == torch.long
+
+
+def test_a_prompt_column_of_chat_messages_is_rendered_as_given_and_kept(tiny_model_dir, tmp_path):
+    # The verl/SkyRL format: the prompt column holds the messages. They are rendered as given
+    # (the suffix on the last one), kept in the row's messages; prompt is the last one's text.
+    rows = [
+        {
+            "prompt": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"{n}+{n}?"},
+            ],
+            "answer": str(2 * n),
+        }
+        for n in range(4)
+    ]
+    path = tmp_path / "messages.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = PromptDataModule(
+        str(tiny_model_dir), str(path), prompt_field="prompt", prompt_suffix=" Answer:",
+        system_prompt="unused: the rows have their own", batch_size=2,
+    )  # fmt: skip
+    data.setup("fit")
+    row = next(r for r in data.train_rows if r["answer"] == "2")
+    expected = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "1+1? Answer:"},
+    ]
+    assert row["messages"] == expected and row["prompt"] == "1+1? Answer:"
+    text = data.tokenizer.apply_chat_template(expected, add_generation_prompt=True, tokenize=False)
+    assert row["prompt_ids"] == data.tokenizer(text, add_special_tokens=False).input_ids
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": ["not", "messages"]}) + "\n")
+    with pytest.raises(
+        ValueError, match="train row 0's 'prompt' is a list but not of chat messages"
+    ):
+        PromptDataModule(str(tiny_model_dir), str(bad), prompt_field="prompt").setup("fit")

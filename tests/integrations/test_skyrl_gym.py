@@ -45,3 +45,24 @@ def test_a_row_with_its_own_reward_spec_and_an_unknown_environment():
         SkyRLGymEnvironment("gsm9k")
     with pytest.raises(KeyError, match="reads the ground truth from the row's 'answer'"):
         SkyRLGymEnvironment("gsm8k").reset({"prompt": "2+2?"}, 0)
+
+
+def test_a_skyrl_format_dataset_plugs_in_as_it_is(tiny_model_dir, tmp_path):
+    # SkyRL's own rows: the prompt as messages, the rule's ground truth in reward_spec.
+    import json
+
+    from lit_rl.data import PromptDataModule
+
+    row = {
+        "prompt": [{"role": "user", "content": "What is 6 times 7? End with #### <number>."}],
+        "env_class": "gsm8k",
+        "reward_spec": {"method": "rule", "ground_truth": "42"},
+    }
+    path = tmp_path / "skyrl.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    data = PromptDataModule(str(tiny_model_dir), str(path), prompt_field="prompt", batch_size=1)
+    data.setup("fit")
+    (prepared,) = data.train_rows
+    env = SkyRLGymEnvironment("gsm8k", ground_truth_field=None)
+    assert env.reset(prepared, 0) == row["prompt"]
+    assert env.step(Turn("so #### 42", 0)).reward == 1.0

@@ -75,6 +75,16 @@ def _naive_gae(
     return advantages, (advantages + values.double()) * mask
 
 
+def _gae_at_zero_values(module, e):
+    """The first batch's advantages and returns by hand: its values are exactly 0 (the value
+    head starts at zero), so GAE sees only the shaped rewards."""
+    zeros = torch.zeros(e.completion_mask.shape)
+    assert torch.equal(e.values, zeros)
+    estimator = module.advantage_estimator
+    shaped = _shaped_rewards(e, module.kl_coef)
+    return _naive_gae(shaped, zeros, e.completion_mask, estimator.gamma, estimator.lam)
+
+
 def _whitened(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(x - mean) / sqrt(var + 1e-8) over the counted entries, var the sample variance
     (divided by n - 1), as lit_rl's whiten defines it; 0 elsewhere."""
@@ -191,11 +201,7 @@ def test_a_separate_value_model_trains_beside_full_finetuning(tiny_model_dir):
     head_before = models.value_model.head.weight.clone()
     _, capture = _fit(module, tiny_model_dir)
     e = capture.experiences[0]
-    mask, zeros = e.completion_mask, torch.zeros(e.completion_mask.shape)
-    assert torch.equal(e.values, zeros)
-    estimator = module.advantage_estimator
-    shaped = _shaped_rewards(e, module.kl_coef)
-    _, returns = _naive_gae(shaped, zeros, mask, estimator.gamma, estimator.lam)
+    _, returns = _gae_at_zero_values(module, e)
     # float32 sums of at most 8 rewards below 1 in size: a few ulps of 1 (1.2e-7).
     torch.testing.assert_close(e.returns.double(), returns, rtol=0, atol=2e-7)
     first_step = [(micro, output) for step, micro, output in module.calls if step == 0]
@@ -327,11 +333,8 @@ def test_classic_ppo_samples_one_completion_per_prompt(tiny_model_dir):
     assert "train/value_loss" in trainer.callback_metrics
     # The first batch: the value head starts at zero, so V = 0 and GAE sees only rewards.
     e = capture.experiences[0]
-    mask, zeros = e.completion_mask, torch.zeros(e.completion_mask.shape)
-    assert torch.equal(e.values, zeros)
-    estimator = module.advantage_estimator
-    shaped = _shaped_rewards(e, module.kl_coef)
-    raw, returns = _naive_gae(shaped, zeros, mask, estimator.gamma, estimator.lam)
+    mask = e.completion_mask
+    raw, returns = _gae_at_zero_values(module, e)
     assert returns.abs().sum() > 0
     # float32 sums of at most 8 terms, returns of up to ~1.1 here: a few ulps of 1 (1.2e-7).
     torch.testing.assert_close(e.returns.double(), returns, rtol=0, atol=3e-7)
