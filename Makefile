@@ -14,7 +14,7 @@ VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.lit_rl-installed
 
 # The integrations tier: a third environment with the libraries users bring (reasoning-gym,
-# TextArena, skyrl-gym), their tests run against the real packages.
+# TextArena, skyrl-gym, verifiers), their tests run against the real packages.
 INT_VENV  ?= .venv-integrations
 INT_PY    := $(INT_VENV)/bin/python
 INT_STAMP := $(INT_VENV)/.lit_rl-installed
