@@ -39,7 +39,9 @@ class Turn:
     index: int  # 0 for the episode's first turn
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_errors: list[str] = field(default_factory=list)
-    stopped: bool = True  # False when the turn ran out of tokens before its EOS
+    # True when the turn ended with its EOS; False when it ran out of tokens or ended at a stop
+    # string (the chat template's closing is then written after it)
+    stopped: bool = True
 
 
 @dataclass(frozen=True)

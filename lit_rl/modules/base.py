@@ -79,6 +79,9 @@ class PolicyModule(LightningModule):
         max_completion_length: T, new tokens per completion at most.
         temperature: of sampling; logprobs are of the tempered distribution.
         top_p: nucleus sampling; 1.0 samples the full distribution.
+        stop_strings: strings that end a completion (an episode's turn) as its EOS does: at the
+            token that completes one, kept whole as sampled (``lit_rl.rollout.StopStrings``;
+            e.g. a tool call's closing tag).
         learning_rate: AdamW's (``AdamWWithWarmup``).
         weight_decay: AdamW's decoupled weight decay.
         warmup_steps: linear learning-rate warm-up, in optimizer steps.
@@ -107,6 +110,7 @@ class PolicyModule(LightningModule):
         max_completion_length: int = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
+        stop_strings: list[str] | None = None,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -129,7 +133,13 @@ class PolicyModule(LightningModule):
                 f"overlong.buffer_length ({overlong.buffer_length}) must be <= the length "
                 f"budget (max_completion_length, or episodes.max_episode_tokens: {budget})"
             )
-        self.sampling = SamplingParams(max_completion_length, temperature, top_p, do_sample=True)
+        self.sampling = SamplingParams(
+            max_completion_length,
+            temperature,
+            top_p,
+            do_sample=True,
+            stop=tuple(stop_strings or ()),
+        )
         # Objects enter the checkpoint's hyperparameters as plain values (it loads with
         # weights_only), or not at all.
         settings = {"lora": lora, "sampler_correction": sampler_correction, "overlong": overlong}

@@ -21,6 +21,7 @@ from lit_rl.rollout.hf_engine import HFGenerateEngine
 from lit_rl.rollout.packed_engine import PackedEngine
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
 from lit_rl.rollout.session import EngineSession, StaleWeightsError
+from lit_rl.rollout.stops import StopStrings
 from lit_rl.rollout.vllm_engine import VLLMEngine
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "SamplerMismatchError",
     "SamplerMismatchWarning",
     "SamplingParams",
+    "StopStrings",
     "StaleWeightsError",
     "VLLMEngine",
     "adapter_fingerprint",

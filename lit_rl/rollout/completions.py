@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_rl.rollout.engine import RolloutEngine, completion_mask_from_eos
 from lit_rl.rollout.request import GenerationRequest, SamplingParams
 from lit_rl.rollout.session import EngineSession
+from lit_rl.rollout.stops import StopStrings
 
 # How to see a policy's whole weights for a generation (FSDP2 gathers its shards once).
 WholeWeights = Callable[[nn.Module], AbstractContextManager[nn.Module]]
@@ -79,6 +80,7 @@ class CompletionSampler:
         self.sampling = sampling
         self.whole_weights = whole_weights
         self.session = EngineSession(engine, sampling)
+        self.stop = StopStrings(sampling.stop, self.decode) if sampling.stop else None
         self._awake: nn.Module | None = None  # the whole policy, inside awake()
 
     @property
@@ -104,7 +106,7 @@ class CompletionSampler:
         training budget of new tokens or ``max_new_tokens``."""
         sampling = self.sampling
         if greedy:
-            sampling = SamplingParams(sampling.max_new_tokens, do_sample=False)
+            sampling = SamplingParams(sampling.max_new_tokens, do_sample=False, stop=sampling.stop)
         if max_new_tokens is not None:
             sampling = replace(sampling, max_new_tokens=max_new_tokens)
         request = GenerationRequest(
@@ -114,12 +116,12 @@ class CompletionSampler:
             sampling,
             self.pad_token_id,
             self.eos_token_ids,
+            self.stop,
         )
         with self.awake(version):
             generation = self.session.generate(request, version)
         ids = generation.completion_ids
-        mask = completion_mask_from_eos(ids, self.eos_token_ids)
-        eos = torch.tensor(self.eos_token_ids, device=ids.device)
+        mask, ended = self._sampled(ids)
         rows = torch.where(mask, ids, self.pad_token_id).tolist()
         # (transformers 5.19 decodes no rows as one empty text)
         texts = self.tokenizer.batch_decode(rows, skip_special_tokens=True) if rows else []
@@ -130,11 +132,26 @@ class CompletionSampler:
             ids=ids,
             mask=mask,
             texts=texts,
-            logprobs=generation.logprobs,
-            truncated=~(torch.isin(ids, eos) & mask).any(dim=1),
+            logprobs=generation.logprobs.masked_fill(~mask, 0.0),
+            truncated=~ended,
             weights_version=generation.weights_version,
             weights_fingerprint=generation.weights_fingerprint,
         )
+
+    def _sampled(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which of the engine's ids the completion holds ([N, T] bool: up to its first EOS,
+        or up to the token that completes a stop string, whichever comes first) and whether
+        it ended so ([N] bool; else it ran out of tokens)."""
+        mask = completion_mask_from_eos(ids, self.eos_token_ids)
+        eos = torch.tensor(self.eos_token_ids, device=ids.device)
+        ended = (torch.isin(ids, eos) & mask).any(dim=1)
+        if self.stop is not None:
+            for row, (row_ids, row_mask) in enumerate(zip(ids.tolist(), mask, strict=True)):
+                end = self.stop.end(row_ids[: int(row_mask.sum())])
+                if end is not None:
+                    mask[row, end:] = False
+                    ended[row] = True
+        return mask, ended
 
     @contextmanager
     def awake(self, version: int) -> Iterator[nn.Module]:

@@ -6,11 +6,18 @@ from contextlib import contextmanager
 import torch
 from peft import PeftModel
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from lit_rl.rollout.engine import InProcessEngine, completion_mask_from_eos
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
 from lit_rl.rollout.sampler import top_p_filter
+from lit_rl.rollout.stops import StopStrings
 
 
 class SamplerLogprobs(LogitsProcessor):
@@ -76,6 +83,22 @@ def without_checkpoint_generation_config(model: nn.Module) -> Iterator[None]:
         causal_lm.generation_config = saved
 
 
+class StopCriteria(StoppingCriteria):
+    """transformers' stopping criterion for lit_rl's ``StopStrings``: a row is done once its
+    newest token completes a stop string (the rule every engine applies)."""
+
+    def __init__(self, stop: StopStrings, prompt_ids: torch.Tensor) -> None:
+        self.stop = stop
+        self.prompt_length = prompt_ids.shape[1]
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: object
+    ) -> torch.BoolTensor:
+        completions = input_ids[:, self.prompt_length :].tolist()
+        done = [self.stop.completed_by_last(row) for row in completions]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 class HFGenerateEngine(InProcessEngine):
     """transformers ``generate`` with the KV cache, in eval mode, without gradients, on the
     policy's own weights.
@@ -100,11 +123,13 @@ class HFGenerateEngine(InProcessEngine):
             with without_checkpoint_generation_config(model):
                 # Prompts repeated G times (prompt-major) rather than num_return_sequences,
                 # which transformers refuses for greedy decoding.
+                stops = [] if request.stop is None else [StopCriteria(request.stop, input_ids)]
                 output = model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
                     generation_config=config,
                     logits_processor=LogitsProcessorList([recorder]),
+                    stopping_criteria=StoppingCriteriaList(stops),
                 )
         finally:
             model.train(was_training)

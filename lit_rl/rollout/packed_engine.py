@@ -12,6 +12,7 @@ from lit_rl.rollout.engine import InProcessEngine
 from lit_rl.rollout.hf_engine import HFGenerateEngine
 from lit_rl.rollout.request import Generation, GenerationRequest
 from lit_rl.rollout.sampler import sample_tokens
+from lit_rl.rollout.stops import StopStrings
 
 
 class PackedEngine(InProcessEngine):
@@ -87,6 +88,8 @@ class PackedEngine(InProcessEngine):
             tokens.append(token)
             logprobs.append(logprob.masked_fill(finished, 0.0))
             finished |= torch.isin(token, eos)
+            if request.stop is not None:
+                finished |= stopped_rows(request.stop, tokens, finished)
             if step == max_new - 1 or bool(finished.all()):
                 break
             position = (next_position + step)[:, None]
@@ -102,3 +105,19 @@ class PackedEngine(InProcessEngine):
         # Read from the packed copy that sampled, not from the policy it was packed from.
         fingerprint = decoder.fingerprint()
         return self.answer(torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1), fingerprint)
+
+
+def stopped_rows(
+    stop: StopStrings,
+    tokens: list[torch.Tensor],  # T x [N], the tokens sampled so far
+    finished: torch.Tensor,  # [N] bool
+) -> torch.Tensor:  # [N] bool
+    """The unfinished rows whose newest token completes a stop string."""
+    sampled = torch.stack(tokens, dim=1).tolist()  # [N, T]
+    return torch.tensor(
+        [
+            not done and stop.completed_by_last(row)
+            for row, done in zip(sampled, finished.tolist(), strict=True)
+        ],
+        device=finished.device,
+    )

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lit_rl.rollout.stops import StopStrings
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -16,6 +18,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     do_sample: bool = True  # False = greedy (evaluation)
+    stop: tuple[str, ...] = ()  # strings that end a completion as EOS does (StopStrings)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -38,6 +41,7 @@ class GenerationRequest:
     sampling: SamplingParams
     pad_token_id: int
     eos_token_ids: tuple[int, ...]
+    stop: StopStrings | None = None  # sampling.stop, matched in the text of the sampled ids
 
     def __post_init__(self) -> None:
         if self.prompt_ids.dim() != 2 or self.prompt_ids.shape != self.prompt_mask.shape:
@@ -49,6 +53,11 @@ class GenerationRequest:
             raise ValueError(f"num_generations must be >= 1, got {self.num_generations}")
         if not self.eos_token_ids:
             raise ValueError("a GenerationRequest needs at least one EOS token id")
+        if bool(self.sampling.stop) != (self.stop is not None):
+            raise ValueError(
+                "a GenerationRequest with stop strings needs their matcher (stop=StopStrings), "
+                "and one without none"
+            )
 
     @property
     def num_rows(self) -> int:  # N = B * G

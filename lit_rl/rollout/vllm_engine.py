@@ -324,6 +324,10 @@ class VLLMEngine:
             repetition_penalty=1.0,
             max_tokens=sampling.max_new_tokens,
             stop_token_ids=list(request.eos_token_ids),
+            # Stop strings end a row at the token that completes one, kept whole (the mask's
+            # rule, lit_rl.rollout.stops); vLLM trims only its text, which is not read.
+            stop=list(request.stop.strings) if request.stop is not None else None,
+            include_stop_str_in_output=True,
             logprobs=0,  # the sampled token's own logprob
             seed=int(torch.randint(0, 2**31 - 1, (1,))),  # from the rollout's seeded RNG
         )

@@ -75,8 +75,10 @@ def test_rows_come_back_masked_through_the_eos_and_decoded(parts):
     assert out.ids.shape == (6, 4) and out.weights_version == 4
     assert out.mask.tolist() == [[True, True, True, False]] * 6  # "h", "i", EOS; not "x"
     assert out.texts == ["hi"] * 6  # the EOS and what follows it are not the reward's to see
-    expected = -torch.arange(24, dtype=torch.float32).view(6, 4) / 10  # the engine's, as given
-    assert torch.equal(out.logprobs, expected)
+    # The engine's, as given, on the sampled tokens; 0 past the end (Completions' contract,
+    # whatever the engine left there).
+    expected = -torch.arange(24, dtype=torch.float32).view(6, 4) / 10
+    assert torch.equal(out.logprobs, expected.masked_fill(~out.mask, 0.0))
     assert entered == [policy]  # once for the whole generation
     request = engine.requests[0]
     assert request.sampling == sampling and request.num_generations == 3

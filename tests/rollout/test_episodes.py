@@ -32,10 +32,13 @@ def parts(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir))
 
 
-def run(parts, turns, episodes, rows, num_generations=1, max_new=16, stop=True, greedy=False):
+def run(
+    parts, turns, episodes, rows, num_generations=1, max_new=16, stop=True, greedy=False,
+    stop_strings=(),
+):  # fmt: skip
     tokenizer, model = parts
     engine = TurnEngine(tokenizer, turns, stop)
-    sampling = SamplingParams(max_new)
+    sampling = SamplingParams(max_new, stop=stop_strings)
     eos = (tokenizer.eos_token_id,)
     sampler = EpisodeSampler(engine, model, tokenizer, eos, sampling, episodes)
     batch = {

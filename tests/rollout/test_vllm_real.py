@@ -105,8 +105,8 @@ def test_sleep_mode_is_kept_off_where_the_platform_has_none(model_dir, caplog):
     assert not engine.sleep_mode and not engine.asleep
 
 
-def _sampler(model_dir, engine):
-    module = GRPOModule(**tiny_module_args(model_dir, engine=engine))
+def _sampler(model_dir, engine, **module_args):
+    module = GRPOModule(**tiny_module_args(model_dir, engine=engine, **module_args))
     module.configure_model()
     return module.sampler
 
@@ -154,6 +154,27 @@ def test_a_greedy_completion_is_transformers_greedy_completion(model_dir):
     )[:, prompt.shape[1] :]
     counted = out.mask
     assert torch.equal(out.ids[counted], reference[:, : out.ids.shape[1]][counted])
+
+
+def test_vllm_stops_at_the_token_that_completes_a_stop_string(model_dir):
+    # vLLM's own stop strings, kept in the output: every row ends where lit_rl's rule (the
+    # sampler's mask, lit_rl.rollout.StopStrings) says, with nothing sampled after it.
+    strings = ("a", "e", "o", "s", "t", "n", "1", "2")
+    sampler = _sampler(
+        model_dir, VLLMEngine(), stop_strings=list(strings), max_completion_length=24
+    )
+    prompts = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    torch.manual_seed(0)
+    out = sampler.sample(*prompts, 8, version=0)
+    eos, stopped = sampler.eos_token_ids, 0
+    for ids, mask in zip(out.ids.tolist(), out.mask, strict=True):
+        length = int(mask.sum())
+        ended_by_stop = any(s in sampler.decode(ids[:length]) for s in strings)
+        assert not any(s in sampler.decode(ids[: length - 1]) for s in strings)
+        # vLLM sampled nothing past the end (padding, or an EOS that ended the row).
+        assert all(t == sampler.pad_token_id for t in ids[length:]), (ids, length)
+        stopped += ended_by_stop and ids[length - 1] not in eos
+    assert stopped >= 4  # most of the 8 rows ended at a stop string
 
 
 def test_a_killed_run_resumes_exactly_with_vllm(model_dir, tmp_path):
