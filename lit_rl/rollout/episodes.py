@@ -43,6 +43,7 @@ from lit_rl.rollout.turns import EpisodeTokens, TurnBatcher
 
 ENVIRONMENT_SPAN = "⟦{}⟧"  # how sample panels mark the tokens the environment wrote
 SEED = "seed"  # a row field that fixes its group's seed (lit_rl.data.EnvironmentRows)
+TRUNCATED_REWARD = "truncated_reward"  # the statistic: what truncated episodes were scored
 AnyEnvironment = Environment | AsyncEnvironment | LoopEnvironment
 
 
@@ -177,7 +178,7 @@ class EpisodeSampler(CompletionSampler):
                 return
             if not self._observe(episode, result.observation, turn.stopped):
                 last = await _resolved(environment.truncate())
-                episode.add_reward(last.reward, last.metrics)
+                episode.add_reward(last.reward, {**last.metrics, TRUNCATED_REWARD: last.reward})
                 return
 
     async def _loop_episode(
@@ -213,7 +214,10 @@ class EpisodeSampler(CompletionSampler):
         for index, reward in enumerate(turn_rewards):
             episode.turn_rewards[index] += float(reward)
             episode.reward += float(reward)
-        episode.add_reward(result.reward, result.metrics)
+        metrics = dict(result.metrics)
+        if conversation.truncated:
+            metrics[TRUNCATED_REWARD] = result.reward
+        episode.add_reward(result.reward, metrics)
         episode.done = not conversation.truncated
 
     def _sample_turns(
@@ -292,6 +296,11 @@ class EpisodeSampler(CompletionSampler):
         stats = {
             "turns": torch.tensor([float(e.turns) for e in episodes]),
             "environment_tokens": torch.tensor([float(e.sampled.count(False)) for e in episodes]),
+            # Per-turn credit at a glance: what the last turn earned, and the turns before it.
+            "last_turn_reward": torch.tensor([float(sum(e.turn_rewards[-1:])) for e in episodes]),
+            "earlier_turns_reward": torch.tensor(
+                [float(sum(e.turn_rewards[:-1])) for e in episodes]
+            ),
             **{
                 name: torch.tensor([e.metrics.get(name, 0.0) for e in episodes])
                 for name in metric_names

@@ -139,6 +139,7 @@ def test_a_loop_environment_out_of_turns_is_truncated_and_may_score_it(parts, ca
     assert out.truncated.tolist() == [True]
     # Caught: the environment's account of the truncated episode; let through: nothing.
     assert out.fields[EPISODE_REWARD] == [pytest.approx(1.1 if catch else 0.0)]
+    assert out.stats["truncated_reward"].tolist() == [1.0 if catch else 0.0]  # the bonus
 
 
 class Rewriting(LoopEnvironment):
@@ -177,5 +178,10 @@ def test_a_truncated_step_episode_is_scored_by_its_environment_on_its_last_turn(
     assert out.fields[TURN_REWARDS] == [[-0.1, pytest.approx(-0.1 + 0.25)]]
     assert out.fields[EPISODE_REWARD] == [pytest.approx(0.05)]
     assert out.stats["unfinished"].tolist() == [1.0]
+    # Logged: what truncation was scored, the last turn's reward and the ones before it.
+    assert out.stats["truncated_reward"].tolist() == [0.25]
+    assert out.stats["last_turn_reward"].tolist() == [pytest.approx(0.15)]
+    assert out.stats["earlier_turns_reward"].tolist() == [pytest.approx(-0.1)]
     finished, _ = run(parts, ["4", "5"], Episodes(OneShot, max_turns=2), [ROW])
     assert finished.fields[TURN_REWARDS] == [[-0.1, 1.0]] and "unfinished" not in finished.stats
+    assert "truncated_reward" not in finished.stats
