@@ -50,7 +50,7 @@ def tiny_llama_config(vocab_size: int, eos_token_id: int, pad_token_id: int, **e
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=2048,  # room for episodes with lit_rl's default budget
         tie_word_embeddings=True,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,

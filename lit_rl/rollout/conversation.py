@@ -14,6 +14,8 @@ from lit_rl.environments import ChatRenderer, EpisodeTruncated, Message, Turn
 from lit_rl.rollout.turns import EpisodeTokens
 
 NextTurn = Callable[[EpisodeTokens], Awaitable[Turn]]  # the batcher's turn for this episode
+# Begins an episode with its first messages, rendered (checked against the model's context).
+Start = Callable[[EpisodeTokens, list[int], list[Message]], None]
 # Appends an observation's messages after a turn (stopped or not); whether a turn still fits.
 Observe = Callable[[EpisodeTokens, list[Message], bool], bool]
 
@@ -24,6 +26,7 @@ class Conversation:
     Args:
         episode: the episode's tokens, which every call extends.
         renderer: renders the first messages as the prompt.
+        start: begins the episode with them.
         observe: appends the new messages of a later call within the episode's budgets.
         next_turn: samples the model's turn.
     """
@@ -32,11 +35,13 @@ class Conversation:
         self,
         episode: EpisodeTokens,
         renderer: ChatRenderer,
+        start: Start,
         observe: Observe,
         next_turn: NextTurn,
     ) -> None:
         self.episode = episode
         self.renderer = renderer
+        self.start = start
         self.observe = observe
         self.next_turn = next_turn
         self.history: list[Message] | None = None  # the messages so far, with the last turn
@@ -49,7 +54,7 @@ class Conversation:
         if self.truncated:
             raise EpisodeTruncated("this episode's turn or token budget is spent")
         if self.history is None or self.last_turn is None:
-            self.episode.start(self.renderer.prompt(messages, tools), messages)
+            self.start(self.episode, self.renderer.prompt(messages, tools), messages)
         elif not self.observe(self.episode, self._new_messages(messages), self.last_turn.stopped):
             self.truncated = True
             raise EpisodeTruncated("this episode's turn or token budget is spent")

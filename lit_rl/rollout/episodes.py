@@ -168,7 +168,7 @@ class EpisodeSampler(CompletionSampler):
         """A step environment's episode: reset, then turn and step until the environment says
         done (or the episode is out of turns or tokens: then the environment scores it)."""
         first = await _resolved(environment.reset(row, seed))
-        episode.start(self.renderer.prompt(first, environment.tool_schemas()), first)
+        self._start(episode, self.renderer.prompt(first, environment.tool_schemas()), first)
         while True:
             turn = await next_turn(episode)
             result = await _resolved(environment.step(turn))
@@ -192,7 +192,7 @@ class EpisodeSampler(CompletionSampler):
         """A loop environment's episode: its ``run``, awaiting the model through a
         ``Conversation``; an episode whose budget ran out is truncated, scored by what ``run``
         returns (nothing when it let ``EpisodeTruncated`` through)."""
-        conversation = Conversation(episode, self.renderer, self._observe, next_turn)
+        conversation = Conversation(episode, self.renderer, self._start, self._observe, next_turn)
         try:
             result = await environment.run(row, seed, conversation)
         except EpisodeTruncated:
@@ -219,6 +219,20 @@ class EpisodeSampler(CompletionSampler):
             metrics[TRUNCATED_REWARD] = result.reward
         episode.add_reward(result.reward, metrics)
         episode.done = not conversation.truncated
+
+    def _start(self, episode: EpisodeTokens, prompt: list[int], messages: list[Message]) -> None:
+        """Begin ``episode`` with the environment's first ``messages``, rendered as ``prompt``,
+        which with the episode's budget must fit the model's context."""
+        context = getattr(self.policy.config, "max_position_embeddings", None)
+        needed = len(prompt) + self.episodes.max_episode_tokens
+        if context is not None and needed > context:
+            raise ValueError(
+                f"the environment's first messages are {len(prompt)} tokens with the chat "
+                f"template; with episodes.max_episode_tokens={self.episodes.max_episode_tokens} "
+                f"an episode needs {needed}, more than the model's context of {context} "
+                "tokens: lower max_episode_tokens or shorten the environment's prompt"
+            )
+        episode.start(prompt, messages)
 
     def _sample_turns(
         self, waiting: list[EpisodeTokens], version: int, greedy: bool

@@ -245,12 +245,12 @@ def test_full_finetune_keeps_a_frozen_reference(tiny_model_dir):
 
 
 def test_prompt_plus_completion_longer_than_context_is_refused(tiny_model_dir):
-    module = _module(tiny_model_dir, max_completion_length=100)  # tiny model context: 512
+    module = _module(tiny_model_dir, max_completion_length=100)  # tiny model context: 2048
     data = PromptDataModule(
-        tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, max_prompt_length=450
+        tokenizer=str(tiny_model_dir), batch_size=2, num_train=8, max_prompt_length=1950
     )
     trainer = rollout_trainer()
-    with pytest.raises(ValueError, match="= 550 exceeds the model's context of 512 tokens"):
+    with pytest.raises(ValueError, match="= 2050 exceeds the model's context of 2048 tokens"):
         trainer.fit(module, data)
 
 

@@ -185,3 +185,12 @@ def test_a_truncated_step_episode_is_scored_by_its_environment_on_its_last_turn(
     finished, _ = run(parts, ["4", "5"], Episodes(OneShot, max_turns=2), [ROW])
     assert finished.fields[TURN_REWARDS] == [[-0.1, 1.0]] and "unfinished" not in finished.stats
     assert "truncated_reward" not in finished.stats
+
+
+def test_first_messages_that_leave_no_room_for_the_episode_are_refused(parts):
+    # The environment's own prompt is what counts against the model's context (2048 tokens
+    # here): 2000 characters of it and an episode budget of 100 do not fit.
+    episodes = Episodes(_counting(), max_turns=2, max_episode_tokens=100)
+    with pytest.raises(ValueError, match=r"first messages are \d+ tokens .* an episode needs \d+, "
+                       r"more than the model's context of 2048"):  # fmt: skip
+        run(parts, ["one"], episodes, [{**ROW, "prompt": "x" * 2000}])
