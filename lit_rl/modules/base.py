@@ -60,6 +60,18 @@ from lit_rl.update import (
 )
 
 
+def check_overlong_budget(
+    overlong: Overlong | None, max_completion_length: int, episodes: Episodes | None
+) -> None:
+    """DAPO's overlong buffer must fit the length budget it is measured against."""
+    budget = max_completion_length if episodes is None else episodes.max_episode_tokens
+    if overlong is not None and overlong.buffer_length > budget:
+        raise ValueError(
+            f"overlong.buffer_length ({overlong.buffer_length}) must be <= the length "
+            f"budget (max_completion_length, or episodes.max_episode_tokens: {budget})"
+        )
+
+
 class PolicyModule(LightningModule):
     """The policy (optionally LoRA), its reference and the reward, behind the
     ``lit_rl.experience.ExperienceModule`` contract that ``RolloutCallback`` drives. Manual
@@ -127,18 +139,9 @@ class PolicyModule(LightningModule):
         max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
-        budget = max_completion_length if episodes is None else episodes.max_episode_tokens
-        if overlong is not None and overlong.buffer_length > budget:
-            raise ValueError(
-                f"overlong.buffer_length ({overlong.buffer_length}) must be <= the length "
-                f"budget (max_completion_length, or episodes.max_episode_tokens: {budget})"
-            )
+        check_overlong_budget(overlong, max_completion_length, episodes)
         self.sampling = SamplingParams(
-            max_completion_length,
-            temperature,
-            top_p,
-            do_sample=True,
-            stop=tuple(stop_strings or ()),
+            max_completion_length, temperature, top_p, stop=tuple(stop_strings or ())
         )
         # Objects enter the checkpoint's hyperparameters as plain values (it loads with
         # weights_only), or not at all.
