@@ -413,3 +413,10 @@ def test_the_frozen_reference_of_full_finetuning_never_runs_dropout(tmp_path):
 def test_float16_weights_on_a_cpu_warn_with_the_fix(tiny_model_dir):
     with pytest.warns(UserWarning, match="float16 on a CPU is emulated .* use dtype auto"):
         built(_module(tiny_model_dir, dtype="float16"))
+
+
+def test_an_overlong_buffer_longer_than_the_length_budget_is_refused(tiny_model_dir):
+    from lit_rl.experience import Overlong
+
+    with pytest.raises(ValueError, match=r"buffer_length \(9\) must be <= the length budget.*: 8"):
+        _module(tiny_model_dir, max_completion_length=8, overlong=Overlong(buffer_length=9))
