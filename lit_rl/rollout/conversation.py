@@ -44,8 +44,8 @@ class Conversation:
         self.start = start
         self.observe = observe
         self.next_turn = next_turn
-        self.history: list[Message] | None = None  # the messages so far, with the last turn
-        self.last_turn: Turn | None = None
+        self.history: list[Message] = []  # the messages so far, with the last turn
+        self.last_turn: Turn | None = None  # None until the first call
         self.truncated = False
 
     async def __call__(
@@ -53,7 +53,7 @@ class Conversation:
     ) -> Turn:
         if self.truncated:
             raise EpisodeTruncated("this episode's turn or token budget is spent")
-        if self.history is None or self.last_turn is None:
+        if self.last_turn is None:  # the first call: its messages are the prompt
             self.start(self.episode, self.renderer.prompt(messages, tools), messages)
         elif not self.observe(self.episode, self._new_messages(messages), self.last_turn.stopped):
             self.truncated = True
@@ -65,7 +65,6 @@ class Conversation:
 
     def _new_messages(self, messages: list[Message]) -> list[Message]:
         """What ``messages`` add to the conversation so far; refuses one whose past changed."""
-        assert self.history is not None
         for index, (had, has) in enumerate(zip(self.history, messages, strict=False)):
             if (had.get("role"), had.get("content")) != (has.get("role"), has.get("content")):
                 raise ValueError(

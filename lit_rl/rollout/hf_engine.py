@@ -94,7 +94,8 @@ class StopCriteria(StoppingCriteria):
     def __call__(
         self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: object
     ) -> torch.BoolTensor:
-        completions = input_ids[:, self.prompt_length :].tolist()
+        start = max(self.prompt_length, input_ids.shape[1] - self.stop.window)
+        completions = input_ids[:, start:].tolist()  # each completion's newest tokens
         done = [self.stop.completed_by_last(row) for row in completions]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 

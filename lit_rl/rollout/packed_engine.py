@@ -113,7 +113,7 @@ def stopped_rows(
     finished: torch.Tensor,  # [N] bool
 ) -> torch.Tensor:  # [N] bool
     """The unfinished rows whose newest token completes a stop string."""
-    sampled = torch.stack(tokens, dim=1).tolist()  # [N, T]
+    sampled = torch.stack(tokens[-stop.window :], dim=1).tolist()  # [N, <= window]
     return torch.tensor(
         [
             not done and stop.completed_by_last(row)

@@ -33,7 +33,7 @@ class StopStrings:
 
     def completed_by_last(self, ids: list[int]) -> bool:
         """Whether ``ids``' last token completes a stop string (its text holds one that the
-        text before that token did not)."""
+        text before that token did not). Only the last ``window`` ids are read."""
         if not ids:
             return False
         tail = ids[-self.window :]
@@ -44,6 +44,6 @@ class StopStrings:
         """The number of tokens the completion keeps: up to and including the first token that
         completes a stop string; ``None`` when none does."""
         for length in range(1, len(ids) + 1):
-            if self.completed_by_last(ids[:length]):
+            if self.completed_by_last(ids[max(0, length - self.window) : length]):
                 return length
         return None
