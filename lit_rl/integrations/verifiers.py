@@ -13,8 +13,10 @@ verifiers' own harnesses (programs launched through uv) are not wanted. Install 
 
 import itertools
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from lit_rl.data.sources import Row, RowSource, Split
@@ -69,6 +71,23 @@ class ChatHarness(vf.Harness[vf.HarnessConfig]):
         return vf.ProgramResult(exit_code=0, stdout="", stderr="")
 
 
+def importable(env_dir: str | None) -> None:
+    """Make the modules in ``env_dir`` importable by their names: verifiers imports a taskset
+    (and its environment and harness) by its id as a top-level module, so an environment that
+    is a file in the user's project, not an installed package, is found there."""
+    if env_dir is None:
+        return
+    folder = Path(env_dir).resolve()
+    if not folder.is_dir():
+        raise ValueError(
+            f"env_dir {env_dir!r} is not a folder: give the folder holding the environment's "
+            "module (its taskset id is the module's name), or leave env_dir out for an "
+            "installed environment"
+        )
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+
 def _tasks(environment: "vf.Env", first: int, count: int) -> list[Any]:
     """Tasks ``first`` .. ``first + count - 1`` of the environment's taskset (a taskset may be
     infinite: it is read no further)."""
@@ -85,9 +104,18 @@ class VerifiersRows(RowSource):
             (``{taskset: {id: ...}, <agent role>: {...}}``).
         num_train: training tasks.
         num_val: validation tasks.
+        env_dir: a folder holding the taskset's module, for an environment that is not an
+            installed package (``importable``).
     """
 
-    def __init__(self, config: dict[str, Any], num_train: int = 1000, num_val: int = 50) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        num_train: int = 1000,
+        num_val: int = 50,
+        env_dir: str | None = None,
+    ) -> None:
+        importable(env_dir)
         self.config, self.num_train, self.num_val = config, num_train, num_val
 
     def rows(self, split: Split) -> list[Row]:
@@ -112,9 +140,11 @@ class VerifiersEnvironment(LoopEnvironment):
 
     Args:
         config: verifiers' environment config (as ``VerifiersRows``).
+        env_dir: a folder holding the taskset's module (as ``VerifiersRows``).
     """
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], env_dir: str | None = None) -> None:
+        importable(env_dir)
         self.config = config
         vf.resolve_env_config(config)  # a bad config fails when the recipe is read
 

@@ -29,6 +29,11 @@ LOGGED = {
         "rollout/truncated_fraction",
         "rollout/reward/environment",
     },
+    "grpo_verifiers": {
+        "rollout/episode/turns",
+        "rollout/reward/environment",
+        "val/reward",
+    },
     "grpo_skyrl_gym": {
         "rollout/episode/turns",
         "rollout/reward/environment",
