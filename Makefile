@@ -61,7 +61,8 @@ $(INT_STAMP): pyproject.toml
 test-integrations: $(INT_STAMP)
 	LIT_RL_INTEGRATIONS=1 $(INT_PY) -m pytest -q -m integrations tests
 
-# A recipe's "# extra: NAME" line names the optional extra it needs: installed on first use.
+# A recipe's "# extra: NAME" line names the optional extra it needs: installed on first use;
+# "# server: vllm" says it launches a vLLM server from .venv-vllm: built on first use.
 train: $(STAMP)
 	@test -f recipes/$(RECIPE).yaml || { echo "unknown recipe '$(RECIPE)': choose one of: $$(ls recipes | sed 's/\.yaml$$//' | tr '\n' ' ')" >&2; exit 2; }
 	@extra=$$(sed -n 's/^# extra: *//p' recipes/$(RECIPE).yaml); \
@@ -69,6 +70,7 @@ train: $(STAMP)
 		echo "recipe $(RECIPE) needs the $$extra extra: installing it"; \
 		$(PY) -m pip install -e ".[$$extra]" && touch $(VENV)/.extra-$$extra || exit 1; \
 	fi
+	@if grep -q '^# server: vllm' recipes/$(RECIPE).yaml; then $(MAKE) --no-print-directory $(VLLM_STAMP); fi
 	$(VENV)/bin/lit-rl fit --config recipes/$(RECIPE).yaml $(ARGS)
 
 # TRL is a bench-only extra: installed here on first use, never by setup, test or CI.

@@ -1,7 +1,9 @@
 """The default recipe with each rollout engine, side by side in one run on this machine: per
 step the rollout's tokens/s, the step time and the engine-trainer mismatch, and each run's
 peak RSS; float32 and bf16. Run it with an environment that has vLLM (``make test-vllm``
-builds one), or pass ``--engines packed`` alone (engines: packed, hf, vllm, vllm-merged):
+builds one), or pass ``--engines packed`` alone (engines: packed, hf, vllm, vllm-merged, and
+server: a vLLM server process beside the trainer, whose peak RSS is reported beside the
+trainer's):
 
     .venv-vllm/bin/python benchmarks/engines_in_training.py --steps 8 --out engines.json
 
@@ -22,6 +24,8 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lit_rl.rollout import VLLMServerEngine
+
 ROOT = Path(__file__).parents[1]
 # The engine arguments of each name: vLLM serves a LoRA policy as an adapter, or its merged
 # weights (reloaded every step) with "vllm-merged".
@@ -31,6 +35,17 @@ ENGINES = {
     "hf": ["--model.init_args.engine=lit_rl.rollout.HFGenerateEngine"],
     "vllm": [VLLM],
     "vllm-merged": [VLLM, "--model.init_args.engine.lora_as_adapter=false"],
+    # A vLLM server process beside the trainer, launched by the run (this interpreter's vLLM).
+    "server": [
+        "--model.init_args.engine=lit_rl.rollout.VLLMServerEngine",
+        f'--model.init_args.engine.launch={{"python": "{sys.executable}"}}',
+    ],
+    # The same with every core for vLLM (it keeps one for its front end by default).
+    "server-all-cores": [
+        "--model.init_args.engine=lit_rl.rollout.VLLMServerEngine",
+        f'--model.init_args.engine.launch={{"python": "{sys.executable}", '
+        '"environment": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}',
+    ],
 }
 
 
@@ -57,8 +72,28 @@ class StepTimes(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        engine = pl_module.sampler.engine
+        servers = engine.launched if isinstance(engine, VLLMServerEngine) else []
+        server_peak = sum(group_peak_rss_mib(server.process.pid) for server in servers)
         with self.path.open("a") as file:
-            file.write(json.dumps({"peak_rss_mib": peak}) + "\n")
+            file.write(
+                json.dumps({"peak_rss_mib": peak, "server_peak_rss_mib": server_peak}) + "\n"
+            )
+
+
+def group_peak_rss_mib(group: int) -> float:
+    """The peak RSS (VmHWM) of every process of a process group, summed: a vLLM server and
+    its engine processes."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            status = (stat.parent / "status").read_text().splitlines()
+        except (OSError, IndexError):
+            continue
+        total += sum(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM"))
+    return total
 
 
 def run(
@@ -90,7 +125,7 @@ def run(
     timed = [r for r in rows if "step_s" in r][1:]
     summary = {k: statistics.median(r[k] for r in timed) for k in timed[0]}
     summary["k3_max"] = max(r["k3"] for r in timed)
-    return summary | {"peak_rss_mib": rows[-1]["peak_rss_mib"], "steps": len(timed)}
+    return summary | rows[-1] | {"steps": len(timed)}
 
 
 def cpu() -> str:
@@ -114,12 +149,16 @@ def main() -> None:
             for engine in args.engines.split(","):  # one after the other, alone on the machine
                 results[f"{engine} {dtype}"] = run(engine, dtype, args.steps, Path(folder))
     print(f"## default recipe per engine, {cpu()}, {args.steps - 1} timed steps each")
-    print("| engine, dtype | step s | generation s | tokens/s | k3 (median / max) | peak RSS MiB |")
+    print(
+        "| engine, dtype | step s | generation s | tokens/s | k3 (median / max) "
+        "| peak RSS MiB (trainer / server) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
+        server = f" / {r['server_peak_rss_mib']:.0f}" if r["server_peak_rss_mib"] else ""
         print(
             f"| {name} | {r['step_s']:.2f} | {r['generation_s']:.2f} | {r['tokens_per_s']:.0f} "
-            f"| {r['k3']:.2g} / {r['k3_max']:.2g} | {r['peak_rss_mib']:.0f} |"
+            f"| {r['k3']:.2g} / {r['k3_max']:.2g} | {r['peak_rss_mib']:.0f}{server} |"
         )
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

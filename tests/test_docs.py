@@ -46,6 +46,7 @@ NOT_RUN = {
     r"tests\.reliability\.equivalence": "records 12 minutes of runs before and after a change",
     r"^torchrun --nnodes 2": "two nodes of 8 GPUs",
     r"^(source|srun) ": "a SLURM job script, for sbatch on a cluster",
+    r"^nodes=|^for node in |^done$": "a SLURM job script's loop over its nodes (a cluster)",
 }
 
 # What a process group of an earlier test may have left in this process's environment.

@@ -18,7 +18,7 @@ from lit_rl.experience import (
     make_experience,
     require_members,
 )
-from lit_rl.rollout import LogprobCheck
+from lit_rl.rollout import LogprobCheck, ProbesSyncs
 from lit_rl.state import require_keys
 from lit_rl.strategies import FSDP2Strategy
 
@@ -211,6 +211,11 @@ class RolloutCallback(Callback):
             seconds = time.perf_counter() - self.step_started
             pl_module.log("train/step_time", seconds, batch_size=len(experience), prog_bar=True)
             self.step_started = None
+        engine = pl_module.sampler.engine
+        if isinstance(engine, ProbesSyncs):  # its own check of the last sync
+            pl_module.log(
+                "rollout/sync_probe_gap", engine.last_probe_gap, batch_size=len(experience)
+            )
         if experience.sampler_logprobs is None:
             return
         # pi_old as the trainer scored it: from the rollout, or (on-policy) from the update's
@@ -230,7 +235,7 @@ class RolloutCallback(Callback):
         check.verify(
             mismatch["k3"],
             float(mismatch["max_abs"]),
-            pl_module.sampler.engine.name,
+            engine.name,
             experience.weights_version,
             self.low_precision,
         )

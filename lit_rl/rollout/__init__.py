@@ -6,6 +6,7 @@ from lit_rl.rollout.default import default_engine
 from lit_rl.rollout.engine import (
     NOT_SYNCED,
     InProcessEngine,
+    ProbesSyncs,
     RolloutEngine,
     completion_mask_from_eos,
 )
@@ -20,9 +21,11 @@ from lit_rl.rollout.fingerprint import (
 from lit_rl.rollout.hf_engine import HFGenerateEngine
 from lit_rl.rollout.packed_engine import PackedEngine
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
+from lit_rl.rollout.server_engine import VLLMServerEngine
 from lit_rl.rollout.session import EngineSession, StaleWeightsError
 from lit_rl.rollout.stops import StopStrings
 from lit_rl.rollout.vllm_engine import VLLMEngine
+from lit_rl.rollout.vllm_server import ServerError, ServerLaunch
 
 __all__ = [
     "NOT_SYNCED",
@@ -37,13 +40,17 @@ __all__ = [
     "InProcessEngine",
     "LogprobCheck",
     "PackedEngine",
+    "ProbesSyncs",
     "RolloutEngine",
     "SamplerMismatchError",
     "SamplerMismatchWarning",
     "SamplingParams",
+    "ServerError",
+    "ServerLaunch",
     "StopStrings",
     "StaleWeightsError",
     "VLLMEngine",
+    "VLLMServerEngine",
     "adapter_fingerprint",
     "dense_fingerprint",
     "dense_weights",

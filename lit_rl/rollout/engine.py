@@ -17,7 +17,7 @@ models decoded by ``PackedDecoder``), ``VLLMEngine`` (the ``lit_rl[vllm]`` extra
 """
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -47,6 +47,16 @@ class RolloutEngine(Protocol):
     def wake(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ProbesSyncs(Protocol):
+    """An engine whose weights live out of reach (another process or node) and that checks
+    each sync itself: the largest gap, over its servers, between their logprobs and the
+    trainer's on a fixed probe after the last sync (``VLLMServerEngine``), logged as
+    ``rollout/sync_probe_gap``."""
+
+    last_probe_gap: float
 
 
 class InProcessEngine:

@@ -89,6 +89,24 @@ def import_vllm() -> ModuleType:
     return vllm
 
 
+def check_servable(policy: nn.Module, sampling: SamplingParams, engine: str) -> None:
+    """What a vLLM engine cannot serve yet: a nucleus (vLLM's logprobs would be of the
+    renormalised nucleus, not the tempered distribution the trainer scores) and FSDP2 shards
+    (the adapter and merged state dicts would be shards)."""
+    if sampling.top_p < 1:
+        raise ValueError(
+            f"{engine} with top_p={sampling.top_p}: vLLM's logprobs would be of the "
+            "renormalised nucleus, not the tempered distribution the trainer scores; use "
+            "top_p: 1.0, or HFGenerateEngine"
+        )
+    if any(isinstance(module, FSDPModule) for module in policy.modules()):
+        raise ValueError(
+            f"{engine} does not sync FSDP2-sharded policies yet (its adapter and merged "
+            f"state dicts would be shards): use strategy: ddp with {engine}, or "
+            "HFGenerateEngine under FSDP2Strategy"
+        )
+
+
 def served_lora_rank(rank: int, vllm: ModuleType) -> int:
     """The smallest adapter rank vLLM serves that holds ``rank`` (it refuses others: a rank-4
     adapter is served with max_lora_rank 8, zero-padded)."""
@@ -177,18 +195,7 @@ class VLLMEngine:
         self.asleep = False
 
     def setup(self, policy: nn.Module, sampling: SamplingParams) -> None:
-        if sampling.top_p < 1:
-            raise ValueError(
-                f"VLLMEngine with top_p={sampling.top_p}: vLLM's logprobs would be of the "
-                "renormalised nucleus, not the tempered distribution the trainer scores; use "
-                "top_p: 1.0, or HFGenerateEngine"
-            )
-        if any(isinstance(module, FSDPModule) for module in policy.modules()):
-            raise ValueError(
-                "VLLMEngine does not sync FSDP2-sharded policies yet (its adapter and merged "
-                "state dicts would be shards): use strategy: ddp with VLLMEngine, or "
-                "HFGenerateEngine under FSDP2Strategy"
-            )
+        check_servable(policy, sampling, self.name)
         self.vllm = vllm = import_vllm()
         is_peft = isinstance(policy, PeftModel)
         base = policy.get_base_model() if is_peft else policy
