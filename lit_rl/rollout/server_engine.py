@@ -35,7 +35,13 @@ from lit_rl.models.lora import base_state_dict
 from lit_rl.rollout.engine import NOT_SYNCED
 from lit_rl.rollout.fingerprint import policy_fingerprint
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
-from lit_rl.rollout.vllm_engine import LORA_RANKS, base_checksum, check_servable, kv_cache_bytes
+from lit_rl.rollout.vllm_engine import (
+    LORA_RANKS,
+    base_checksum,
+    check_prompt_lengths,
+    check_servable,
+    kv_cache_bytes,
+)
 from lit_rl.rollout.vllm_server import LaunchedServer, ServerError, ServerLaunch
 
 PROBE_PROMPT_TOKENS, PROBE_SAMPLED_TOKENS, PROBE_SEED = 16, 16, 20261206
@@ -264,13 +270,7 @@ class VLLMServerEngine:
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> Generation:
-        lengths = request.prompt_mask.sum(dim=1)
-        if len(lengths) and int(lengths.max()) > self.max_prompt_length:
-            raise ValueError(
-                f"a prompt of {int(lengths.max())} tokens is longer than VLLMServerEngine's "
-                f"max_prompt_length={self.max_prompt_length}: raise it to the data's "
-                "max_prompt_length (with episodes, plus episodes.max_episode_tokens)"
-            )
+        check_prompt_lengths(request, self.max_prompt_length, self.name)
         prompts = [
             ids[mask.bool()].tolist()
             for ids, mask in zip(request.prompt_ids, request.prompt_mask, strict=True)

@@ -107,6 +107,18 @@ def check_servable(policy: nn.Module, sampling: SamplingParams, engine: str) -> 
         )
 
 
+def check_prompt_lengths(request: GenerationRequest, max_prompt_length: int, engine: str) -> None:
+    """A vLLM engine's context was sized for prompts of ``max_prompt_length`` tokens."""
+    lengths = request.prompt_mask.sum(dim=1)
+    if len(lengths) and int(lengths.max()) > max_prompt_length:
+        raise ValueError(
+            f"a prompt of {int(lengths.max())} tokens is longer than {engine}'s "
+            f"max_prompt_length={max_prompt_length}: raise it to the data's "
+            "max_prompt_length (with episodes, plus episodes.max_episode_tokens: each turn's "
+            "prompt is the conversation so far)"
+        )
+
+
 def served_lora_rank(rank: int, vllm: ModuleType) -> int:
     """The smallest adapter rank vLLM serves that holds ``rank`` (it refuses others: a rank-4
     adapter is served with max_lora_rank 8, zero-padded)."""
@@ -311,14 +323,7 @@ class VLLMEngine:
     @torch.no_grad()
     def generate(self, request: GenerationRequest) -> Generation:
         sampling = request.sampling
-        lengths = request.prompt_mask.sum(dim=1)
-        if len(lengths) and int(lengths.max()) > self.max_prompt_length:
-            raise ValueError(
-                f"a prompt of {int(lengths.max())} tokens is longer than VLLMEngine's "
-                f"max_prompt_length={self.max_prompt_length}: raise it to the data's "
-                "max_prompt_length (with episodes, plus episodes.max_episode_tokens: each turn's "
-                "prompt is the conversation so far)"
-            )
+        check_prompt_lengths(request, self.max_prompt_length, self.name)
         if self.asleep:  # the weights are back (wake); the KV cache only now, after the sync
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
