@@ -40,6 +40,13 @@ ENGINES = {
         "--model.init_args.engine=lit_rl.rollout.VLLMServerEngine",
         f'--model.init_args.engine.launch={{"python": "{sys.executable}"}}',
     ],
+    # The server sampling the next batch while the trainer updates (RolloutCallback's
+    # max_staleness 1, ROLLOUT_ARGS) and TIS for the one update of drift.
+    "server-ahead": [
+        "--model.init_args.engine=lit_rl.rollout.VLLMServerEngine",
+        f'--model.init_args.engine.launch={{"python": "{sys.executable}"}}',
+        '--model.init_args.sampler_correction={"mode": "token_tis"}',
+    ],
     # The same with every core for vLLM (it keeps one for its front end by default).
     "server-all-cores": [
         "--model.init_args.engine=lit_rl.rollout.VLLMServerEngine",
@@ -47,6 +54,10 @@ ENGINES = {
         '"environment": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}',
     ],
 }
+
+
+# RolloutCallback's arguments by engine name (the others: the synchronous default).
+ROLLOUT_ARGS = {"server-ahead": ["--trainer.callbacks.max_staleness=1"]}
 
 
 class StepTimes(Callback):
@@ -58,6 +69,8 @@ class StepTimes(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if pl_module.handoff.trained is None:  # rollouts ahead: the first batch only submits
+            return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         tokens = m["rollout/completion_len"] * len(pl_module.handoff.trained.experience)
         row = {
@@ -66,6 +79,7 @@ class StepTimes(Callback):
             "tokens": tokens,
             "tokens_per_s": tokens / m["rollout/generation_time"],
             "k3": m["rollout/logprob_mismatch_k3"],
+            "staleness": m["rollout/staleness"],
         }
         with self.path.open("a") as file:
             file.write(json.dumps(row) + "\n")
@@ -113,7 +127,7 @@ def run(
         *ENGINES[engine], f"--model.init_args.dtype={dtype}", f"--model.init_args.model={model}",
         f"--trainer.max_steps={steps}", "--trainer.val_check_interval=100000",
         "--trainer.callbacks=[]",  # the recipe's evaluation, samples and checkpoints off
-        "--trainer.callbacks+=lit_rl.callbacks.RolloutCallback",
+        "--trainer.callbacks+=lit_rl.callbacks.RolloutCallback", *ROLLOUT_ARGS.get(engine, []),
         "--trainer.callbacks+=benchmarks.engines_in_training.StepTimes",
         f"--trainer.callbacks.path={out}", "--trainer.logger=false",
         "--trainer.enable_progress_bar=false", "--data.init_args.num_val=0", *extra,

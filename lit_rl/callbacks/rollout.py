@@ -1,24 +1,24 @@
 """RolloutCallback: drives the experience pipeline before every training step."""
 
-import random
 import time
 from collections import defaultdict
 from typing import Any
 
-import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lit_rl.algorithms import global_mean, global_std, sampler_mismatch
+from lit_rl.algorithms import sampler_mismatch
+from lit_rl.callbacks.ahead import RolloutsAhead
+from lit_rl.callbacks.rollout_metrics import rollout_metrics
+from lit_rl.callbacks.seeding import EVALUATION, seed_rollout
 from lit_rl.experience import (
     DynamicSampling,
     Experience,
     ExperienceModule,
-    ExperienceSpec,
     make_experience,
     require_members,
 )
-from lit_rl.rollout import LogprobCheck, ProbesSyncs
+from lit_rl.rollout import Completions, LogprobCheck, ProbesSyncs
 from lit_rl.state import require_keys
 from lit_rl.strategies import FSDP2Strategy
 
@@ -42,19 +42,42 @@ class RolloutCallback(Callback):
     full; until then the training step is skipped (no optimizer step), and the groups kept so
     far travel in checkpoints.
 
+    With ``max_staleness`` S > 0 the rollouts run ahead (``RolloutsAhead``): each step submits
+    its batch to a worker that samples it while the trainer updates on the previous batch's
+    rollouts, sampled one rollout before (the first step only submits: no optimizer step).
+    What is trained on must be at most S weights versions (optimizer steps) behind, checked
+    at consumption and logged as ``rollout/staleness``; the ratio is taken against the
+    sampler's logprobs (pi_old is scored before the update, as for every algorithm here, and
+    ``sampler_correction`` weighs the gap). A checkpoint keeps the batch in flight, which a
+    resumed run samples again: no prompt is lost or trained twice.
+
     Args:
         logprob_check: thresholds of the engine check (``lit_rl.rollout.LogprobCheck``).
         dynamic_sampling: DAPO's dynamic sampling (``lit_rl.experience.DynamicSampling``);
             ``None`` trains on every batch as drawn.
+        max_staleness: how many weights versions behind the trained-on rollouts may be; 0 =
+            sampled right before the update (synchronous, bit for bit as always).
     """
 
     def __init__(
         self,
         logprob_check: LogprobCheck | None = None,
         dynamic_sampling: DynamicSampling | None = None,
+        max_staleness: int = 0,
     ) -> None:
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
+        if max_staleness > 0 and dynamic_sampling is not None:
+            raise ValueError(
+                "dynamic sampling with rollouts ahead (max_staleness > 0) is not supported: "
+                "remove one of them"
+            )
         self.logprob_check = logprob_check or LogprobCheck()
         self.dynamic_sampling = dynamic_sampling
+        self.max_staleness = max_staleness
+        self.ahead: RolloutsAhead | None = None  # the worker, while fitting with S > 0
+        self.requeued: dict[str, Any] | None = None  # a checkpoint's batch in flight
+        self.staleness = 0  # versions between the sampling and the update of this step
         self.num_rollouts = 0  # batches sampled so far; in checkpoints
         self.base_seed: int | None = None  # of every rollout's RNG seed; in checkpoints
         self.low_precision = False  # the policy computes in bf16/fp16; set at fit start
@@ -74,6 +97,15 @@ class RolloutCallback(Callback):
                 "dynamic sampling keeps groups whose rewards differ, and num_generations=1 "
                 "gives groups of one: sample num_generations >= 2, or remove dynamic_sampling"
             )
+        if self.max_staleness > 0:
+            if not isinstance(pl_module.sampler.engine, ProbesSyncs):
+                raise ValueError(
+                    f"max_staleness={self.max_staleness} samples while the update changes the "
+                    f"policy, and {pl_module.sampler.engine.name} samples from the policy in "
+                    "this process: use an engine with weights of its own in another process "
+                    "(lit_rl.rollout.VLLMServerEngine), or max_staleness: 0"
+                )
+            self.ahead = RolloutsAhead()
         # The check's default thresholds follow the precision the policy computes in.
         strategy = trainer.strategy
         self.low_precision = (
@@ -84,11 +116,19 @@ class RolloutCallback(Callback):
         # After any checkpoint is restored (this hook runs then): a resumed run keeps the
         # base seed it started with. A fresh one draws it from the global RNG (so it follows
         # seed_everything), the same on every process.
+        if self.requeued is not None and self.ahead is None:
+            raise ValueError(
+                "this checkpoint holds a batch of prompts drawn for rollouts ahead "
+                "(max_staleness > 0) and not yet trained on: resume it with max_staleness >= 1, "
+                "or its prompts would be lost"
+            )
         if self.base_seed is None:
             drawn = int(torch.randint(0, 2**62, (1,)))
             self.base_seed = int(trainer.strategy.broadcast(drawn, src=0))
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.ahead is not None:  # the evaluation syncs the engine to newer weights
+            self.ahead.wait()
         # An evaluation during fit samples (pass@k) from seeds of its own step: a resumed run
         # evaluates as the uninterrupted one did, and evaluations of one step compare.
         if self.base_seed is not None and not trainer.sanity_checking:
@@ -119,16 +159,19 @@ class RolloutCallback(Callback):
         if self.step_started is None:  # the step's first draw (dynamic sampling may take more)
             self.step_started = start
         spec = pl_module.experience_spec()
-        seed_rollout(self.base_seed, self.num_rollouts, trainer.global_rank)
         try:
-            experience, seconds = make_experience(pl_module, batch, f"training batch {batch_idx}")
+            made = self._experience(trainer, pl_module, batch, f"training batch {batch_idx}")
         except StopIteration as error:
             # Lightning would take it for the end of the data, and start the epoch again.
             raise RuntimeError(
                 f"StopIteration escaped the rollout of training batch {batch_idx} (from the "
                 "reward or the engine; a next() on an empty iterator?)"
             ) from error
-        self.num_rollouts += 1
+        if made is None:  # rollouts ahead: the first batch is in flight, nothing to train on
+            pl_module.handoff.put(None)
+            self._pause_logging(trainer)
+            return
+        experience, seconds = made
         seconds["total"] = time.perf_counter() - start
         for phase, value in seconds.items():
             self.filling_seconds[phase] += value
@@ -142,6 +185,9 @@ class RolloutCallback(Callback):
                 return
         pl_module.handoff.put(experience)
         metrics |= rollout_metrics(experience, spec, dict(self.filling_seconds))
+        # Weights versions (optimizer steps) between the sampling and this update.
+        self.staleness = pl_module.global_step - experience.weights_version
+        metrics["rollout/staleness"] = torch.tensor(float(self.staleness))
         self.filling_seconds.clear()
         for name, value in metrics.items():
             # Means over processes: every process samples as many prompts and groups.
@@ -152,6 +198,51 @@ class RolloutCallback(Callback):
                 prog_bar=name == "rollout/reward",
                 sync_dist=True,
             )
+
+    def _experience(
+        self, trainer: Trainer, pl_module: LightningModule, batch: dict[str, Any], where: str
+    ) -> tuple[Experience, dict[str, float]] | None:
+        """This step's Experience: of ``batch`` sampled now, or (rollouts ahead) of the batch
+        sampled during the last update, while ``batch`` is submitted in its turn."""
+        rank = trainer.global_rank
+        if self.ahead is None:
+            seed_rollout(self.base_seed, self.num_rollouts, rank)
+            self.num_rollouts += 1
+            return make_experience(pl_module, batch, where)
+        version, spec = pl_module.global_step, pl_module.experience_spec()
+        sampler, ahead = pl_module.sampler, self.ahead
+        if self.requeued is not None:  # a checkpoint's batch in flight: sampled again, now
+            batch_then, index = self.requeued["batch"], self.requeued["index"]
+            self.requeued = None
+            seed_rollout(self.base_seed, index, rank)
+            start = time.perf_counter()
+            sampled = sampler.rollouts(batch_then, spec.num_generations, version)
+            ready = (batch_then, sampled, time.perf_counter() - start)
+        else:
+            taken = ahead.take()  # before the sync below: its requests name their version
+            ready = None if taken is None else (taken[0].batch, taken[1], taken[2])
+        sampler.sync(version)
+        index, base_seed = self.num_rollouts, self.base_seed
+
+        def sample() -> Completions:
+            seed_rollout(base_seed, index, rank)
+            return sampler.rollouts(batch, spec.num_generations, version)
+
+        ahead.submit(batch, index, version, sample)
+        self.num_rollouts += 1
+        if ready is None:
+            return None
+        batch_then, sampled, waited = ready
+        staleness = version - sampled.weights_version
+        if staleness > self.max_staleness:
+            raise RuntimeError(
+                f"rollouts sampled with weights version {sampled.weights_version} reached the "
+                f"update at version {version}: {staleness} behind, past max_staleness="
+                f"{self.max_staleness}. Each rollout takes {staleness} optimizer steps "
+                "(ppo_epochs x num_mini_batches): set max_staleness to at least that"
+            )
+        experience, seconds = make_experience(pl_module, batch_then, where, sampled=sampled)
+        return experience, seconds | {"generation": waited}
 
     def _pause_logging(self, trainer: Trainer) -> None:
         """Log nothing for a batch without an optimizer step: Lightning would log the last
@@ -169,6 +260,19 @@ class RolloutCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._resume_logging(trainer)
+        self._stop_ahead()
+
+    def on_exception(
+        self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
+    ) -> None:
+        self._stop_ahead()  # before the engine closes beneath the worker
+
+    def _stop_ahead(self) -> None:
+        if self.ahead is not None:
+            flight = self.ahead.close()
+            if flight is not None:  # a checkpoint written later still holds its prompts
+                self.requeued = {"batch": flight.batch, "index": flight.index}
+            self.ahead = None
 
     def _fill(
         self, trainer: Trainer, experience: Experience, pad_token_id: int
@@ -232,6 +336,11 @@ class RolloutCallback(Callback):
             pl_module.log(
                 f"rollout/logprob_mismatch_{name}", value.float(), batch_size=len(experience)
             )
+        if self.staleness > 0:
+            # Sampled ahead, with weights older than the ones scoring pi_old: the gap is the
+            # update's drift as well as the engine's, so it is logged, not judged (such an
+            # engine checks each sync itself: ProbesSyncs).
+            return
         check.verify(
             mismatch["k3"],
             float(mismatch["max_abs"]),
@@ -246,67 +355,18 @@ class RolloutCallback(Callback):
         state = {"num_rollouts": self.num_rollouts, "base_seed": self.base_seed}
         if self.dynamic_sampling is not None:  # the groups kept so far: experience in flight
             state["dynamic_sampling"] = self.dynamic_sampling.state_dict()
+        flight = self.ahead.in_flight if self.ahead is not None else None
+        if flight is not None:  # prompts drawn from the data, not yet trained on
+            state["in_flight"] = {"batch": flight.batch, "index": flight.index}
+        elif self.requeued is not None:
+            state["in_flight"] = self.requeued
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         require_keys(state_dict, ["num_rollouts", "base_seed"], "RolloutCallback")
         self.num_rollouts = state_dict["num_rollouts"]
         self.base_seed = state_dict["base_seed"]
+        self.requeued = state_dict.get("in_flight")  # sampled again at the first step
         # A run that turns dynamic sampling on at a resume starts with an empty buffer.
         if self.dynamic_sampling is not None and "dynamic_sampling" in state_dict:
             self.dynamic_sampling.load_state_dict(state_dict["dynamic_sampling"])
-
-
-TRAINING, EVALUATION = 0, 1  # the two streams of seeds: rollouts, and evaluations
-
-
-def seed_rollout(base_seed: int, index: int, rank: int, stream: int = TRAINING) -> None:
-    """Seed every RNG a rollout may draw from (torch on the CPU and every CUDA device, numpy,
-    Python) from the run's base seed, the stream (training rollouts or evaluations), the
-    rollout's index (an evaluation's: the optimizer step) and the process's rank.
-
-    Why per rollout and not one RNG state carried along: a rollout's randomness is then a
-    function of what the checkpoint holds (the base seed and the rollout count), however
-    many random numbers anything else drew before it (evaluation, a reward, a resumed run's
-    start-up); each process samples its own prompts with its own stream.
-    """
-    entropy = [base_seed, stream, index, rank]
-    seed = int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
-    torch.manual_seed(seed)  # the CPU generator and every CUDA device's
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def rollout_metrics(
-    experience: Experience, spec: ExperienceSpec, seconds: dict[str, float]
-) -> dict[str, torch.Tensor]:
-    """The ``rollout/*`` metrics of one Experience (docs/algorithms/grpo.md, ppo.md):
-    ``reward`` is the rewards' mean (the reward's total, with DAPO's overlong penalty when
-    on), ``return`` each completion's return (its reward minus the KL in the reward, when the
-    algorithm folds one in) averaged; ``completion_len`` counts the sampled tokens (an
-    episode's environment tokens are ``episode/environment_tokens``)."""
-    rewards, mask, truncated = experience.rewards, experience.completion_mask, experience.truncated
-    if truncated is None:
-        raise ValueError("rollout_metrics needs the Experience's truncated flags (make_experience)")
-    metrics = {
-        "rollout/reward": rewards.mean(),
-        "rollout/return": experience.token_rewards.sum(dim=1).mean(),
-        "rollout/completion_len": mask.sum(1).float().mean(),
-        "rollout/truncated_fraction": truncated.float().mean(),
-        "rollout/advantage_std": global_std(experience.advantages[mask]),
-        **{f"rollout/reward/{k}": v.mean() for k, v in experience.reward_components.items()},
-        **{f"rollout/episode/{k}": v.mean() for k, v in experience.episode_stats.items()},
-        **{f"rollout/{phase}_time": torch.tensor(s) for phase, s in seconds.items()},
-        "rollout/weights_version": torch.tensor(experience.weights_version),
-        "rollout/weights_fingerprint": torch.tensor(experience.weights_fingerprint),
-    }
-    if spec.num_generations > 1:  # within-group statistics (G = 1 has no groups)
-        group_std = rewards.view(-1, spec.num_generations).std(dim=1)
-        metrics["rollout/reward_std"] = group_std.mean()
-        metrics["rollout/zero_std_fraction"] = (group_std == 0).float().mean()
-    if experience.kl is not None:
-        metrics["rollout/kl"] = (experience.kl * mask).sum(dim=1).mean()
-        metrics["rollout/kl_coef"] = torch.tensor(spec.kl_coef)
-    if experience.values is not None:
-        metrics["rollout/values"] = global_mean(experience.values[mask])
-    return {name: value.float() for name, value in metrics.items()}

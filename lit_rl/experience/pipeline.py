@@ -41,12 +41,13 @@ class Rewards:
 
 @torch.no_grad()
 def make_experience(
-    module: ExperienceModule, batch: PromptBatch, where: str
+    module: ExperienceModule, batch: PromptBatch, where: str, sampled: Completions | None = None
 ) -> tuple[Experience, dict[str, float]]:
     """Sample G completions per prompt of ``batch`` and turn them into an ``Experience``.
 
     Returns the experience and the seconds each phase took (``generation``, ``reward``,
-    ``logprobs``, ``advantages``). ``where`` names the batch in error messages.
+    ``logprobs``, ``advantages``). ``where`` names the batch in error messages. ``sampled``:
+    the batch's rollouts, sampled already (ahead of the trainer, ``RolloutsAhead``).
     """
     spec = module.experience_spec()
     group_size = spec.num_generations
@@ -55,7 +56,8 @@ def make_experience(
 
     # 1. Sample G rollouts per prompt (prompt-major rows) with the current weights: single
     #    completions, or episodes against an environment (the sampler's choice).
-    sampled = module.sampler.rollouts(batch, group_size, version=module.global_step)
+    if sampled is None:
+        sampled = module.sampler.rollouts(batch, group_size, version=module.global_step)
     seconds["generation"], start = time.perf_counter() - start, time.perf_counter()
 
     # 2. Reward: outcome rewards [N], and step rewards [N, S] from a process reward.

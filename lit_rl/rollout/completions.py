@@ -168,6 +168,12 @@ class CompletionSampler:
             finally:
                 self._awake = None
 
+    def sync(self, version: int) -> None:
+        """The engine set up and synced to ``version`` now, with no sample (a sample at that
+        version then starts at once: rollouts sampled on another thread sync nothing)."""
+        with self.awake(version):
+            pass
+
     def rollouts(
         self, batch: dict[str, Any], num_generations: int, version: int, greedy: bool = False
     ) -> Completions:

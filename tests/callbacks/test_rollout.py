@@ -9,7 +9,7 @@ from lightning.pytorch import LightningModule, Trainer
 from peft import LoraConfig
 
 from lit_rl.callbacks import RolloutCallback
-from lit_rl.callbacks.rollout import EVALUATION, seed_rollout
+from lit_rl.callbacks.seeding import EVALUATION, seed_rollout
 from lit_rl.data import PromptDataModule
 from lit_rl.modules import GRPOModule
 from lit_rl.rewards import FunctionReward

@@ -15,8 +15,10 @@ import requests
 import torch
 from lightning.pytorch import Callback
 from peft import LoraConfig, get_peft_model
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import LlamaForCausalLM
 
+from lit_rl.callbacks import RolloutCallback
 from lit_rl.cli import run_cli
 from lit_rl.modules import GRPOModule
 from lit_rl.rollout import (
@@ -60,11 +62,15 @@ class SyncState(Callback):
         self.k3: list[float] = []
         self.probe_gaps: list[float] = []
         self.folders: list[list[str]] = []
+        self.staleness: list[int] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if pl_module.handoff.trained is None:  # rollouts ahead: the first batch only submits
+            return
         engine = pl_module.sampler.engine
         self.k3.append(trainer.callback_metrics["rollout/logprob_mismatch_k3"].item())
         self.probe_gaps.append(engine.last_probe_gap)
+        self.staleness.append(int(trainer.callback_metrics["rollout/staleness"]))
         self.folders.append(sorted(path.name for path in engine.weights_dir.iterdir()))
 
 
@@ -92,6 +98,21 @@ def test_a_lora_policy_trains_on_a_servers_samples_its_adapter_synced_and_checke
     # One adapter per version, the previous one unloaded: the last sync was of version 2.
     assert served_models(server.url) == sorted([str(model_dir), "policy-v2"])
     assert state.folders == [["policy-v0"], ["policy-v1"], ["policy-v2"]]
+
+
+def test_the_server_samples_the_next_batch_during_the_update(model_dir, server):
+    module = GRPOModule(**tiny_module_args(model_dir, learning_rate=5e-2))
+    state = SyncState()
+    rollout = RolloutCallback(STRICT, max_staleness=1)
+    torch.manual_seed(0)
+    fit_rollouts(
+        module, model_dir, 3, [state], VLLMServerEngine(urls=[server.url]), rollout=rollout
+    )
+    # Every sync still checked by the probe; the trained-on rollouts one version behind
+    # after the first update (their mismatch is the update's drift: logged, not judged).
+    assert max(state.probe_gaps) < 1e-4
+    assert state.staleness == [0, 1, 1]
+    assert state.k3[0] < 1e-6 and max(state.k3[1:]) > 1e-6
 
 
 def test_full_weights_are_reloaded_through_the_servers_routes(model_dir, server):
@@ -228,6 +249,12 @@ def test_the_server_recipe_trains_logs_its_sync_check_and_leaves_no_server(model
             "--trainer.max_steps=3",
         ]
     )
-    scalars, _ = _scalars_and_text(tmp_path / "grpo_math_server" / "version_0")
+    run = tmp_path / "grpo_math_server" / "version_0"
+    scalars, _ = _scalars_and_text(run)
     assert {"rollout/sync_probe_gap", "rollout/logprob_mismatch_k3", "train/loss"} <= scalars
+    # max_staleness 1: the first update trains on what was sampled before it, the next ones on
+    # what the server sampled during the update before.
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.value for e in events.Scalars("rollout/staleness")] == [0.0, 1.0, 1.0]
     assert _servers_running() == before  # the run's own server is gone
