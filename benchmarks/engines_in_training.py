@@ -170,8 +170,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
         server = f" / {r['server_peak_rss_mib']:.0f}" if r["server_peak_rss_mib"] else ""
+        # Sampled ahead, the generation overlaps the update: the trainer's wait is shown.
+        ahead = r["staleness"] > 0
+        generation = f"{r['generation_s']:.2f}" + (" (wait)" if ahead else "")
+        tokens_per_s = "-" if ahead else f"{r['tokens_per_s']:.0f}"
         print(
-            f"| {name} | {r['step_s']:.2f} | {r['generation_s']:.2f} | {r['tokens_per_s']:.0f} "
+            f"| {name} | {r['step_s']:.2f} | {generation} | {tokens_per_s} "
             f"| {r['k3']:.2g} / {r['k3_max']:.2g} | {r['peak_rss_mib']:.0f}{server} |"
         )
     if args.out:
