@@ -13,10 +13,11 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
 from lit_rl.callbacks import RolloutCallback
 from lit_rl.modules import GRPOModule
-from lit_rl.rollout import PackedEngine
+from lit_rl.rollout import Generation, GenerationRequest, PackedEngine
 from tests.conftest import fit_rollouts, tiny_module_args
 
 
@@ -30,14 +31,14 @@ class CopyingEngine(PackedEngine):
         self.last_probe_gap = float("nan")
 
     @torch.no_grad()
-    def sync_weights(self, policy, version):
+    def sync_weights(self, policy: nn.Module, version: int) -> float:
         own = copy.deepcopy(policy)
         probe = torch.arange(1, 17)[None]
         gap = (own(input_ids=probe).logits - policy(input_ids=probe).logits).abs().max()
         self.last_probe_gap = float(gap)
         return super().sync_weights(own, version)
 
-    def generate(self, request):
+    def generate(self, request: GenerationRequest) -> Generation:
         self.calls += 1
         if self.calls == self.fail_at:
             raise RuntimeError("the sampler broke at its generation number 2")

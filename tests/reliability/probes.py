@@ -171,3 +171,22 @@ class NaNLossGRPO(GRPOModule):
         if attempt in self.nan_attempts and self.trainer.global_rank == self.nan_rank:
             micro = dataclasses.replace(micro, advantages=micro.advantages * math.nan)
         return super().accumulate_gradients(micro, weight)
+
+
+class PromptRecorder(Callback):
+    """Appends the prompts each optimizer step trained on (one per group) to ``path`` as JSON
+    lines; a resumed run appends to the same file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        trained = pl_module.handoff.trained
+        if trained is None:  # no update on this batch
+            return
+        experience = trained.experience
+        row = {"step": trainer.global_step, "prompts": experience.prompts[:: experience.group_size]}
+        with self.path.open("a") as file:
+            file.write(json.dumps(row) + "\n")

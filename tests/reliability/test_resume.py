@@ -229,6 +229,41 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(
         assert any(row["rollout/reward"] > 0 for row in rows)
 
 
+def test_sigkill_with_rollouts_ahead_neither_loses_nor_repeats_a_prompt(tiny_model_dir, tmp_path):
+    # Rollouts sampled ahead (max_staleness 2: a GRPO rollout here is 2 optimizer steps) by an
+    # engine sampling from its own copy of the weights. The kill comes with a batch in flight,
+    # whose prompts the checkpoint holds; the resumed run samples them again.
+    runs = prepare("grpo", True, tiny_model_dir, tmp_path, "uninterrupted", "killed")
+    for out in runs.values():
+        run_config = yaml.safe_load((out / "config.yaml").read_text())
+        rollout, *others = run_config["trainer"]["callbacks"]
+        rollout["init_args"] = {"max_staleness": STEPS_PER_BATCH["grpo"]}
+        recorder = {"class_path": "tests.reliability.probes.PromptRecorder"}
+        recorder["init_args"] = {"path": str(out / "prompts.jsonl")}
+        run_config["trainer"]["callbacks"] = [rollout, recorder, *others]
+        engine = "tests.callbacks.test_rollouts_ahead.CopyingEngine"
+        run_config["model"]["init_args"]["engine"] = {"class_path": engine}
+        (out / "config.yaml").write_text(yaml.safe_dump(run_config))
+    first, killed = fit_side_by_side(
+        (runs["uninterrupted"] / "config.yaml",),
+        (runs["killed"] / "config.yaml", *probe("KillAfterStep", step=KILLED_AT * 2)),
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = fit(runs["killed"] / "config.yaml", "--ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def trained(out: Path) -> list[tuple[int, list[str]]]:
+        lines = (out / "prompts.jsonl").read_text().splitlines()
+        return [(row["step"], row["prompts"]) for row in map(json.loads, lines)]
+
+    whole, pieces = trained(runs["uninterrupted"]), trained(runs["killed"])
+    assert [step for step, _ in whole] == [2 * (i + 1) for i in range(BATCHES)]
+    # Killed after the checkpoint of step 8, with the next batch in flight and the one after
+    # it drawn: the resumed run trains on each prompt once, in the uninterrupted run's order.
+    assert pieces == whole
+
+
 def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(
     uninterrupted_grpo, tiny_model_dir, tmp_path
 ):
