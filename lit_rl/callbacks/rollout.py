@@ -46,10 +46,10 @@ class RolloutCallback(Callback):
     its batch to a worker that samples it while the trainer updates on the previous batch's
     rollouts, sampled one rollout before (the first step only submits: no optimizer step).
     What is trained on must be at most S weights versions (optimizer steps) behind, checked
-    at consumption and logged as ``rollout/staleness``; the ratio is taken against the
-    sampler's logprobs (pi_old is scored before the update, as for every algorithm here, and
-    ``sampler_correction`` weighs the gap). A checkpoint keeps the batch in flight, which a
-    resumed run samples again: no prompt is lost or trained twice.
+    at consumption and logged as ``rollout/staleness``. pi_old is the trainer's, at the
+    weights of the update; the gap to the sampler's logprobs (the drift of the updates in
+    between, and the engine's own) is weighed by ``sampler_correction``. A checkpoint keeps the
+    batch in flight, which a resumed run samples again: no prompt is lost or trained twice.
 
     Args:
         logprob_check: thresholds of the engine check (``lit_rl.rollout.LogprobCheck``).
