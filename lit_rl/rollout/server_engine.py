@@ -36,12 +36,12 @@ from lit_rl.rollout.engine import NOT_SYNCED
 from lit_rl.rollout.fingerprint import policy_fingerprint
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
 from lit_rl.rollout.vllm_engine import (
-    LORA_RANKS,
     base_checksum,
     check_prompt_lengths,
     check_servable,
     kv_cache_bytes,
 )
+from lit_rl.rollout.vllm_internals import LORA_RANKS
 from lit_rl.rollout.vllm_server import LaunchedServer, ServerError, ServerLaunch
 
 PROBE_PROMPT_TOKENS, PROBE_SAMPLED_TOKENS, PROBE_SEED = 16, 16, 20261206

@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import tempfile
-import typing
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -25,13 +24,18 @@ from torch.distributed.fsdp import FSDPModule
 
 from lit_rl.models.lora import base_state_dict, merged_state_dict
 from lit_rl.rollout.engine import NOT_SYNCED
-from lit_rl.rollout.fingerprint import adapter_fingerprint, dense_fingerprint, policy_fingerprint
+from lit_rl.rollout.fingerprint import policy_fingerprint
 from lit_rl.rollout.request import Generation, GenerationRequest, SamplingParams
+from lit_rl.rollout.vllm_internals import (
+    check_version,
+    held_adapter_fingerprint,
+    held_dense_fingerprint,
+    reload_weights,
+    served_lora_rank,
+    sleep_mode_available,
+)
 
 log = logging.getLogger(__name__)
-
-# The adapter ranks vLLM serves (vllm.config.lora.MaxLoRARanks), where it does not say itself.
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
 def base_checksum(policy: nn.Module) -> float:
@@ -119,17 +123,6 @@ def check_prompt_lengths(request: GenerationRequest, max_prompt_length: int, eng
         )
 
 
-def served_lora_rank(rank: int, vllm: ModuleType) -> int:
-    """The smallest adapter rank vLLM serves that holds ``rank`` (it refuses others: a rank-4
-    adapter is served with max_lora_rank 8, zero-padded)."""
-    lora_config = importlib.import_module(f"{vllm.__name__}.config.lora")
-    ranks = typing.get_args(getattr(lora_config, "MaxLoRARanks", None)) or LORA_RANKS
-    fitting = [r for r in sorted(ranks) if r >= rank]
-    if not fitting:
-        raise ValueError(f"vLLM serves LoRA ranks up to {max(ranks)}, the policy's is {rank}")
-    return fitting[0]
-
-
 def kv_cache_bytes(config: Any, tokens: int, dtype: torch.dtype) -> int:  # noqa: ANN401
     """The KV cache of ``tokens`` positions of a decoder with ``config``."""
     heads = config.num_attention_heads
@@ -209,6 +202,7 @@ class VLLMEngine:
     def setup(self, policy: nn.Module, sampling: SamplingParams) -> None:
         check_servable(policy, sampling, self.name)
         self.vllm = vllm = import_vllm()
+        check_version(vllm)
         is_peft = isinstance(policy, PeftModel)
         base = policy.get_base_model() if is_peft else policy
         weights = base.get_input_embeddings().weight
@@ -252,8 +246,7 @@ class VLLMEngine:
         torch.set_num_threads(threads)  # the trainer's and vLLM's own forward passes share them
 
     def _sleep_mode(self, vllm: ModuleType) -> bool:
-        platforms = importlib.import_module(f"{vllm.__name__}.platforms")
-        available = platforms.current_platform.is_sleep_mode_available()
+        available = sleep_mode_available(vllm)
         if self.sleep_requested and not available:
             log.info(
                 "lit_rl: vLLM has no sleep mode on this platform; it keeps its weights and KV "
@@ -291,34 +284,15 @@ class VLLMEngine:
         # are all that stays readable of weights its CPU backend repacks.
         return policy_fingerprint(policy, adapters=self.uses_adapter)
 
-    def model_runner(self) -> Any:  # noqa: ANN401
-        """vLLM's model runner in this process (the in-process executor's worker)."""
-        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-
     def reload(self, state: dict[str, torch.Tensor]) -> None:
-        """Weights into vLLM's model in place, by checkpoint names (its CPU backend has
-        repacked the linear weights, so they go through vLLM's own reload)."""
-        self.model_runner().reload_weights(weights_iterator=iter(state.items()))
-        self.llm.reset_prefix_cache()
+        reload_weights(self.llm, state)
 
     def held_fingerprint(self) -> float:
         """The fingerprint of the weights vLLM samples with, read from vLLM: the adapter in its
-        LoRA slots (after a generation, which loads it), else its embedding and norms."""
-        runner = self.model_runner()
+        LoRA slot (after a generation, which loads it), else its embedding and norms."""
         if self.uses_adapter:
-            layers = importlib.import_module(f"{self.vllm.__name__}.lora.layers.base_linear")
-            slots = runner.lora_manager._adapter_manager.lora_index_to_id
-            slot = slots.index(self.lora_request.lora_int_id)
-            pairs = [
-                (a[slot, 0], b[slot, 0])
-                for module in runner.model.modules()
-                if isinstance(module, layers.BaseLinearLayerWithLoRA)
-                for a, b in zip(module.lora_a_stacked, module.lora_b_stacked, strict=True)
-            ]
-            return adapter_fingerprint(pairs)
-        named = list(runner.model.named_parameters())
-        embedding = [p for n, p in named if "embed_tokens" in n and p.ndim == 2]
-        return dense_fingerprint(embedding + [p for n, p in named if "norm" in n and p.ndim == 1])
+            return held_adapter_fingerprint(self.llm, self.vllm)
+        return held_dense_fingerprint(self.llm)
 
     @torch.no_grad()
     def generate(self, request: GenerationRequest) -> Generation:
