@@ -3,7 +3,7 @@ step the rollout's tokens/s, the step time and the engine-trainer mismatch, and 
 peak RSS; float32 and bf16. Run it with an environment that has vLLM (``make test-vllm``
 builds one), or pass ``--engines packed`` alone (engines: packed, hf, vllm, vllm-merged, and
 server: a vLLM server process beside the trainer, whose peak RSS is reported beside the
-trainer's):
+trainer's; ``-ahead``: sampling the next batch during the update, ``max_staleness`` 1):
 
     .venv-vllm/bin/python benchmarks/engines_in_training.py --steps 8 --out engines.json
 
@@ -32,7 +32,16 @@ ROOT = Path(__file__).parents[1]
 VLLM = "--model.init_args.engine=lit_rl.rollout.VLLMEngine"
 ENGINES = {
     "packed": ["--model.init_args.engine=lit_rl.rollout.PackedEngine"],
+    # The packed decoder sampling the next batch on a thread, from its copy of the weights.
+    "packed-ahead": [
+        "--model.init_args.engine=lit_rl.rollout.PackedEngine",
+        '--model.init_args.sampler_correction={"mode": "token_tis"}',
+    ],
     "hf": ["--model.init_args.engine=lit_rl.rollout.HFGenerateEngine"],
+    "hf-ahead": [
+        "--model.init_args.engine=lit_rl.rollout.HFGenerateEngine",
+        '--model.init_args.sampler_correction={"mode": "token_tis"}',
+    ],
     "vllm": [VLLM],
     "vllm-merged": [VLLM, "--model.init_args.engine.lora_as_adapter=false"],
     # A vLLM server process beside the trainer, launched by the run (this interpreter's vLLM).
@@ -57,7 +66,8 @@ ENGINES = {
 
 
 # RolloutCallback's arguments by engine name (the others: the synchronous default).
-ROLLOUT_ARGS = {"server-ahead": ["--trainer.callbacks.max_staleness=1"]}
+AHEAD = ["--trainer.callbacks.max_staleness=1"]
+ROLLOUT_ARGS = {name: AHEAD for name in ENGINES if name.endswith("-ahead")}
 
 
 class StepTimes(Callback):

@@ -1,6 +1,8 @@
 """The one-shot GPU measurement: the default recipe on CUDA in bf16 with each engine that is
-installed (HFGenerateEngine always; VLLMEngine where vLLM imports), side by side, and the FSDP2
-recipe on the same GPU; one JSON file out.
+installed (HFGenerateEngine and PackedEngine always; VLLMEngine and a vLLM server beside the
+trainer where vLLM imports), each synchronous and sampling ahead of the update
+(``max_staleness`` 1: ``-ahead``), side by side, and the FSDP2 recipe on the same GPU; one
+JSON file out.
 
 The GPU machine has no network and takes at most 64 MiB of files, so neither the embedded
 weights nor vLLM travel to it (docs/benchmarks.md, "On a GPU"). The model is SmolLM2-135M's
@@ -53,7 +55,7 @@ def make_model(shape: Path, directory: Path) -> None:
 
 
 def installed(engine: str) -> bool:
-    if not engine.startswith("vllm"):
+    if not engine.startswith(("vllm", "server")):
         return True
     try:
         import vllm  # noqa: F401
@@ -66,7 +68,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", type=Path, default=Path("shape"))
     parser.add_argument("--copy-shape", type=Path, help="write the shape folder and stop")
-    parser.add_argument("--engines", default="hf,vllm")
+    parser.add_argument(
+        "--engines", default="hf,hf-ahead,packed,packed-ahead,vllm,server,server-ahead"
+    )
     parser.add_argument("--accelerator", default="cuda")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path)

@@ -4,9 +4,9 @@ One worker thread samples one batch at a time (``submit``); the trainer takes th
 its next step (``take``), so what it trains on was sampled with the weights of one rollout
 before (``max_staleness`` bounds it; ``RolloutCallback`` checks it at consumption). Only the
 sampling runs in the worker: the engine's sync, the reward, the trainer's logprobs and the
-update stay on the training thread, so nothing reads the policy while the update changes it
-(the engine must hold its own copy of the weights: ``ProbesSyncs`` engines, whose weights are
-in another process). An exception of the worker reaches the trainer at ``take``.
+update stay on the training thread, and the engine samples from weights of its own
+(``SamplesAhead``: a copy taken at the sync, or a server's), so nothing reads the policy while
+the update changes it. An exception of the worker reaches the trainer at ``take``.
 """
 
 import time

@@ -18,7 +18,7 @@ from lit_rl.experience import (
     make_experience,
     require_members,
 )
-from lit_rl.rollout import Completions, LogprobCheck, ProbesSyncs
+from lit_rl.rollout import Completions, LogprobCheck, ProbesSyncs, SamplesAhead
 from lit_rl.state import require_keys
 from lit_rl.strategies import FSDP2Strategy
 
@@ -45,7 +45,9 @@ class RolloutCallback(Callback):
     With ``max_staleness`` S > 0 the rollouts run ahead (``RolloutsAhead``): each step submits
     its batch to a worker that samples it while the trainer updates on the previous batch's
     rollouts, sampled one rollout before (the first step only submits: no optimizer step).
-    What is trained on must be at most S weights versions (optimizer steps) behind, checked
+    The engine samples from weights of its own (``SamplesAhead``: PackedEngine and
+    HFGenerateEngine from a copy taken at each sync, VLLMServerEngine on its servers). What
+    is trained on must be at most S weights versions (optimizer steps) behind, checked
     at consumption and logged as ``rollout/staleness``. pi_old is the trainer's, at the
     weights of the update; the gap to the sampler's logprobs (the drift of the updates in
     between, and the engine's own) is weighed by ``sampler_correction``. A checkpoint keeps the
@@ -98,13 +100,15 @@ class RolloutCallback(Callback):
                 "gives groups of one: sample num_generations >= 2, or remove dynamic_sampling"
             )
         if self.max_staleness > 0:
-            if not isinstance(pl_module.sampler.engine, ProbesSyncs):
+            engine = pl_module.sampler.engine
+            if not isinstance(engine, SamplesAhead):
                 raise ValueError(
                     f"max_staleness={self.max_staleness} samples while the update changes the "
-                    f"policy, and {pl_module.sampler.engine.name} samples from the policy in "
-                    "this process: use an engine with weights of its own in another process "
-                    "(lit_rl.rollout.VLLMServerEngine), or max_staleness: 0"
+                    f"policy, and {engine.name} cannot (it has no sample_ahead: VLLMEngine "
+                    "shares the accelerator's memory with the update by sleeping through it): "
+                    "use PackedEngine, HFGenerateEngine or VLLMServerEngine, or max_staleness: 0"
                 )
+            engine.sample_ahead()
             self.ahead = RolloutsAhead()
         # The check's default thresholds follow the precision the policy computes in.
         strategy = trainer.strategy
@@ -338,8 +342,8 @@ class RolloutCallback(Callback):
             )
         if self.staleness > 0:
             # Sampled ahead, with weights older than the ones scoring pi_old: the gap is the
-            # update's drift as well as the engine's, so it is logged, not judged (such an
-            # engine checks each sync itself: ProbesSyncs).
+            # update's drift as well as the engine's, so it is logged, not judged (each sync
+            # is checked still: the fingerprint of the copy, the servers' probe).
             return
         check.verify(
             mismatch["k3"],

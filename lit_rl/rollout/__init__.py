@@ -8,6 +8,7 @@ from lit_rl.rollout.engine import (
     InProcessEngine,
     ProbesSyncs,
     RolloutEngine,
+    SamplesAhead,
     completion_mask_from_eos,
 )
 from lit_rl.rollout.episodes import EpisodeCompletions, EpisodeSampler
@@ -44,6 +45,7 @@ __all__ = [
     "RolloutEngine",
     "SamplerMismatchError",
     "SamplerMismatchWarning",
+    "SamplesAhead",
     "SamplingParams",
     "ServerError",
     "ServerLaunch",

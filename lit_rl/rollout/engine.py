@@ -16,11 +16,13 @@ models decoded by ``PackedDecoder``), ``VLLMEngine`` (the ``lit_rl[vllm]`` extra
 ``default_engine`` picks between the first two by device.
 """
 
+import copy
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 from lit_rl.rollout.fingerprint import policy_fingerprint
 from lit_rl.rollout.host_memory import release_freed_host_memory
@@ -59,26 +61,71 @@ class ProbesSyncs(Protocol):
     last_probe_gap: float
 
 
+@runtime_checkable
+class SamplesAhead(Protocol):
+    """An engine that may sample on a worker thread while the update changes the policy
+    (rollouts ahead: ``RolloutCallback(max_staleness > 0)``). ``sample_ahead()`` is called once,
+    before the first sync; from then on every sync leaves the engine weights of its own, a copy
+    in this process or another process's, that the update cannot reach."""
+
+    def sample_ahead(self) -> None: ...
+
+
 class InProcessEngine:
     """The lifecycle of an engine that samples from the policy module itself, in this process:
     a sync records the module (its weights are the engine's weights; under FSDP2 they are
     gathered for the sync and the generation that follows), whose fingerprint its generations
     carry (an engine that copies the weights reports its copy's instead: ``answer(...,
-    fingerprint)``); asleep, the generation's freed host memory goes back to the OS."""
+    fingerprint)``); asleep, the generation's freed host memory goes back to the OS.
+
+    Sampling ahead (``sample_ahead``), a sync copies the policy instead, into one copy kept for
+    the run: the update may then change the policy while the engine samples on another thread.
+    """
 
     name = "in-process"
 
     def __init__(self) -> None:
         self.weights_version = NOT_SYNCED
         self.policy: nn.Module | None = None
+        self.copies = False  # sample_ahead: each sync copies the policy into own_copy
+        self.own_copy: nn.Module | None = None
 
     def setup(self, policy: nn.Module, sampling: SamplingParams) -> None:
         pass
 
+    def sample_ahead(self) -> None:
+        """From the next sync on, sample from a copy of the weights taken at each sync: one
+        more copy of the model in memory (the policy's parameters and buffers, no gradients
+        or optimizer state)."""
+        self.copies = True
+
     def sync_weights(self, policy: nn.Module, version: int) -> float:
-        self.policy = policy
+        self.policy = self._copy(policy) if self.copies else policy
         self.weights_version = version
+        # The policy's, not the copy's: each generation reads its weights' fingerprint from
+        # what sampled it, so a copy that missed a weight is caught there.
         return policy_fingerprint(policy)
+
+    @torch.no_grad()
+    def _copy(self, policy: nn.Module) -> nn.Module:
+        """``policy``'s weights in the engine's own copy (made at the first sync, in eval mode
+        and without gradients; later syncs copy into it in place)."""
+        if any(isinstance(module, FSDPModule) for module in policy.modules()):
+            raise ValueError(
+                f"{self.name} samples ahead (max_staleness > 0) from a copy of the policy, and "
+                "FSDP2 shards it: use max_staleness: 0 under FSDP2Strategy, or strategy: ddp"
+            )
+        if self.own_copy is None:
+            own = copy.deepcopy(policy).eval()
+            for parameter in own.parameters():
+                parameter.requires_grad_(False)
+                parameter.grad = None
+            self.own_copy = own
+        else:
+            own_state = self.own_copy.state_dict()
+            for name, value in policy.state_dict().items():
+                own_state[name].copy_(value)
+        return self.own_copy
 
     def synced_policy(self) -> nn.Module:
         if self.policy is None:
@@ -103,7 +150,7 @@ class InProcessEngine:
         pass
 
     def close(self) -> None:
-        self.policy = None
+        self.policy = self.own_copy = None
         self.weights_version = NOT_SYNCED
 
 

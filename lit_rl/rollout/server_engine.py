@@ -126,8 +126,11 @@ class VLLMServerEngine:
             *("--seed", "0", "--logprobs-mode", "processed_logprobs"),
         ]
         kv_bytes = launch.kv_cache_memory_bytes
-        if kv_bytes is None and base.get_input_embeddings().weight.device.type == "cpu":
-            kv_bytes = kv_cache_bytes(base.config, launch.max_num_seqs * context, self.dtype)
+        if base.get_input_embeddings().weight.device.type == "cpu":
+            if kv_bytes is None:
+                kv_bytes = kv_cache_bytes(base.config, launch.max_num_seqs * context, self.dtype)
+        else:
+            arguments += ["--gpu-memory-utilization", str(launch.gpu_memory_utilization)]
         if kv_bytes is not None:
             arguments += ["--kv-cache-memory-bytes", str(kv_bytes)]
         if self.uses_adapter:
@@ -164,6 +167,9 @@ class VLLMServerEngine:
 
     def wake(self) -> None:
         pass
+
+    def sample_ahead(self) -> None:
+        pass  # its weights are the servers' already: the update cannot reach them
 
     def close(self) -> None:
         for server in self.launched:

@@ -41,7 +41,10 @@ class ServerLaunch:
             loads the 135M model in ~1 minute).
         max_num_seqs: sequences the server decodes at once.
         kv_cache_memory_bytes: the server's KV cache (``--kv-cache-memory-bytes``); ``None`` =
-            ``max_num_seqs`` full contexts of the model.
+            on a CPU ``max_num_seqs`` full contexts of the model, on a GPU what
+            ``gpu_memory_utilization`` leaves.
+        gpu_memory_utilization: on a GPU, the fraction of it the server may take (it shares
+            the trainer's GPU; vLLM's own default, 0.9, would leave the update none).
         extra_args: more ``vllm serve`` arguments, as on its command line.
         environment: more environment variables for the server (e.g. on a CPU
             ``VLLM_CPU_NUM_OF_RESERVED_CPU: "0"``: vLLM keeps a core for its front end
@@ -52,6 +55,7 @@ class ServerLaunch:
     ready_timeout_s: float = 600.0
     max_num_seqs: int = 64
     kv_cache_memory_bytes: int | None = None
+    gpu_memory_utilization: float = 0.3
     extra_args: list[str] = field(default_factory=list)
     environment: dict[str, str] = field(default_factory=dict)
 

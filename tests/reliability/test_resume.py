@@ -230,9 +230,9 @@ def test_sigkill_then_resume_equals_the_uninterrupted_run(
 
 
 def test_sigkill_with_rollouts_ahead_neither_loses_nor_repeats_a_prompt(tiny_model_dir, tmp_path):
-    # Rollouts sampled ahead (max_staleness 2: a GRPO rollout here is 2 optimizer steps) by an
-    # engine sampling from its own copy of the weights. The kill comes with a batch in flight,
-    # whose prompts the checkpoint holds; the resumed run samples them again.
+    # Rollouts sampled ahead (max_staleness 2: a GRPO rollout here is 2 optimizer steps) by the
+    # default engine (PackedEngine, from its copy of the weights). The kill comes with a batch
+    # in flight, whose prompts the checkpoint holds; the resumed run samples them again.
     runs = prepare("grpo", True, tiny_model_dir, tmp_path, "uninterrupted", "killed")
     for out in runs.values():
         run_config = yaml.safe_load((out / "config.yaml").read_text())
@@ -241,8 +241,6 @@ def test_sigkill_with_rollouts_ahead_neither_loses_nor_repeats_a_prompt(tiny_mod
         recorder = {"class_path": "tests.reliability.probes.PromptRecorder"}
         recorder["init_args"] = {"path": str(out / "prompts.jsonl")}
         run_config["trainer"]["callbacks"] = [rollout, recorder, *others]
-        engine = "tests.callbacks.test_rollouts_ahead.CopyingEngine"
-        run_config["model"]["init_args"]["engine"] = {"class_path": engine}
         (out / "config.yaml").write_text(yaml.safe_dump(run_config))
     first, killed = fit_side_by_side(
         (runs["uninterrupted"] / "config.yaml",),
