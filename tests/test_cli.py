@@ -271,6 +271,8 @@ VARIANTS = [
     "grpo_math_dr_grpo",
     "grpo_math_dapo",
     "grpo_math_gspo",
+    "grpo_math_cispo",
+    "grpo_math_sapo",
     "rloo_math",
     "reinforce_pp_math",
 ]

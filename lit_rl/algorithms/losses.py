@@ -10,6 +10,9 @@ from lit_rl.algorithms.distributed import all_reduce_sum
 KLEstimator = Literal["k1", "k2", "k3"]
 LossType = Literal["grpo", "dr_grpo", "dapo", "bnpo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
+# What the ratio does to each token's advantage: PPO's clip, CISPO's clipped stop-gradient IS
+# weight on the REINFORCE term, SAPO's soft gate.
+Surrogate = Literal["clip", "cispo", "sapo"]
 Aggregation = Literal[
     "sequence_mean", "token_mean", "constant_normalizer", "micro_token_mean", "batch_token_mean"
 ]
@@ -168,6 +171,59 @@ def _clipped_surrogate(
     return surrogate, clipped_term < unclipped_term
 
 
+def _cispo_surrogate(
+    ratio: torch.Tensor,  # [N, T]
+    advantages: torch.Tensor,  # [N, T]
+    logprobs: torch.Tensor,  # [N, T]
+    epsilon: float,
+    epsilon_high: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO (MiniMax-M1, 2025, §3.1): ``sg(clip(r, 1 - eps, 1 + eps_high)) * A * log pi`` per
+    token. The importance weight is clipped and passes no gradient; the REINFORCE term it
+    weighs keeps every token's gradient (PPO's clip drops the gradient of clipped tokens).
+
+    Returns (surrogate [N, T], clipped [N, T] bool: the weight's clip acted)."""
+    high = epsilon if epsilon_high is None else epsilon_high
+    weight = torch.clamp(ratio, 1 - epsilon, 1 + high).detach()
+    return weight * advantages * logprobs, weight != ratio.detach()
+
+
+def _sapo_surrogate(
+    ratio: torch.Tensor,  # [N, T]
+    advantages: torch.Tensor,  # [N, T]
+    temperatures: tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAPO (Gao et al., 2025, §3): ``f(r) * A`` per token with the soft gate
+    ``f(r) = 4 / tau * sigmoid(tau * (r - 1))``, ``tau = tau_pos`` where ``A > 0`` else
+    ``tau_neg``: at ``r = 1`` its gradient is the policy gradient's (``f'(1) = 1``), and it
+    fades smoothly as the ratio leaves 1 instead of PPO's hard clip.
+
+    Returns (surrogate [N, T], clipped [N, T] bool: all False, nothing is clipped)."""
+    tau_pos, tau_neg = temperatures
+    tau = torch.full_like(ratio, tau_neg).masked_fill(advantages > 0, tau_pos)
+    gate = 4 / tau * torch.sigmoid(tau * (ratio - 1))
+    return gate * advantages, torch.zeros_like(ratio, dtype=torch.bool)
+
+
+def surrogate_terms(
+    surrogate: Surrogate,
+    ratio: torch.Tensor,  # [N, T]
+    advantages: torch.Tensor,  # [N, T]
+    logprobs: torch.Tensor,  # [N, T]
+    epsilon: float,
+    epsilon_high: float | None,
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's surrogate objective (to maximise) by ``surrogate``, and where it clipped."""
+    if surrogate == "clip":
+        return _clipped_surrogate(ratio, advantages, epsilon, epsilon_high)
+    if surrogate == "cispo":
+        return _cispo_surrogate(ratio, advantages, logprobs, epsilon, epsilon_high)
+    if surrogate == "sapo":
+        return _sapo_surrogate(ratio, advantages, sapo_temperatures)
+    raise ValueError(f"unknown surrogate {surrogate!r}: use 'clip', 'cispo' or 'sapo'")
+
+
 def _minus_kl(
     objective: torch.Tensor,  # [N, T]
     logprobs: torch.Tensor,  # [N, T]
@@ -202,6 +258,8 @@ def grpo_loss(
     kl_estimator: KLEstimator = "k3",
     importance_sampling_level: ImportanceSamplingLevel = "token",
     max_completion_length: int | None = None,
+    surrogate: Surrogate = "clip",
+    sapo_temperatures: tuple[float, float] = (1.0, 1.05),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO objective, negated to a loss.
 
@@ -219,7 +277,9 @@ def grpo_loss(
     per-token KL in the loss (k3 is Eq. 4; ``kl_penalty``). ``advantages`` of shape [N]
     (outcome supervision) apply to every token of a completion. ``sampler_weights``
     (detached, from ``sampler_correction_weights``) multiply each token's clipped surrogate,
-    not its KL.
+    not its KL. ``surrogate`` replaces the clipped term per token (``surrogate_terms``):
+    CISPO's ``cispo`` (``epsilon``/``epsilon_high`` bound its importance weight) or SAPO's
+    soft gate ``sapo`` (``sapo_temperatures`` = (tau_pos, tau_neg)).
 
     Returns ``(loss, stats)``; stats are detached: ``kl`` (mean KL over counted tokens),
     ``clip_ratio`` (fraction of counted tokens where the clip was active), ``ratio``.
@@ -229,8 +289,10 @@ def grpo_loss(
         advantages = advantages[:, None]
     advantages = advantages.expand_as(logprobs)
     ratio = importance_ratio(logprobs, old_logprobs, completion_mask, importance_sampling_level)
-    surrogate, clipped = _clipped_surrogate(ratio, advantages, epsilon, epsilon_high)
-    per_token_objective = surrogate if sampler_weights is None else sampler_weights * surrogate
+    terms, clipped = surrogate_terms(
+        surrogate, ratio, advantages, logprobs, epsilon, epsilon_high, sapo_temperatures
+    )
+    per_token_objective = terms if sampler_weights is None else sampler_weights * terms
     stats: dict[str, torch.Tensor] = {}
     per_token_objective = _minus_kl(
         per_token_objective, logprobs, ref_logprobs, completion_mask, beta, kl_estimator, stats

@@ -7,6 +7,7 @@ from lit_rl.algorithms import (
     ImportanceSamplingLevel,
     KLEstimator,
     LossType,
+    Surrogate,
     aggregation_of,
     grpo_loss,
     masked_mean,
@@ -23,7 +24,8 @@ class GRPOModule(PolicyModule):
     ready-made from ``lit_rl.callbacks.RolloutCallback``. The critic-free variants are options
     of this module (docs/algorithms/variants.md): Dr. GRPO (``loss_type: dr_grpo``,
     ``scale_rewards: false``), DAPO (``loss_type: dapo``, ``epsilon_high``), GSPO
-    (``importance_sampling_level: sequence``), RLOO (``lit_rl.experience.LeaveOneOut``),
+    (``importance_sampling_level: sequence``), CISPO (``surrogate: cispo``, ``loss_type:
+    dapo``), SAPO (``surrogate: sapo``), RLOO (``lit_rl.experience.LeaveOneOut``),
     REINFORCE++ (``lit_rl.experience.ReinforcePlusPlus`` with ``kl_coef``), process
     supervision (``lit_rl.experience.ProcessSupervised``).
 
@@ -36,13 +38,21 @@ class GRPOModule(PolicyModule):
         kl_coef: weight of the KL(pi_old || pi_ref) subtracted from the per-token reward
             before the estimator runs (REINFORCE++, RLHF PPO); 0 = none.
         kl_estimator: the KL in the reward per token: ``k1`` (log-ratio), ``k2`` or ``k3``.
-        epsilon: lower clip range of the ratio (and upper, unless ``epsilon_high``).
+        epsilon: lower clip range of the ratio (and upper, unless ``epsilon_high``), in
+            (0, 1]; with ``surrogate: cispo`` of its importance weight (1 = no lower bound).
         epsilon_high: upper clip range (DAPO's clip-higher); ``None`` = ``epsilon``.
         loss_type: ``grpo`` (DeepSeekMath Eq. 3), ``dr_grpo`` (sum / (N x
             max_completion_length)), ``dapo`` (token mean over the whole batch) or ``bnpo``
             (token mean over each micro-batch).
         importance_sampling_level: ``token`` ratios (GRPO) or GSPO's length-normalised
             ``sequence`` ratio, clipped per sequence.
+        surrogate: what the ratio does to each token's advantage: ``clip`` (PPO's clipped
+            surrogate, DeepSeekMath Eq. 3), ``cispo`` (MiniMax-M1's clipped, stop-gradient
+            importance weight on the REINFORCE term; token ratios only) or ``sapo`` (SAPO's
+            soft gate ``4/tau sigmoid(tau (r - 1))``).
+        sapo_temperature_pos: SAPO's tau where the advantage is positive.
+        sapo_temperature_neg: SAPO's tau elsewhere (the paper's 1.05 > 1.0: negative
+            advantages' gradients fade faster).
         scale_rewards: divide group-centred rewards by the group std (``False`` = Dr. GRPO);
             configures the default estimator only.
         num_iterations: mu, passes over each Experience (each pass takes ``num_mini_batches``
@@ -64,6 +74,9 @@ class GRPOModule(PolicyModule):
         epsilon_high: float | None = None,
         loss_type: LossType = "grpo",
         importance_sampling_level: ImportanceSamplingLevel = "token",
+        surrogate: Surrogate = "clip",
+        sapo_temperature_pos: float = 1.0,
+        sapo_temperature_neg: float = 1.05,
         scale_rewards: bool = True,
         num_iterations: int = 1,
         advantage_estimator: AdvantageEstimator | None = None,
@@ -72,10 +85,13 @@ class GRPOModule(PolicyModule):
         super().__init__(*args, **kwargs)
         if beta < 0 or kl_coef < 0:
             raise ValueError(f"GRPOModule: beta and kl_coef must be >= 0, got {beta}, {kl_coef}")
-        if not 0 < epsilon < 1 or (epsilon_high is not None and epsilon_high <= 0):
+        if not 0 < epsilon <= 1 or (epsilon_high is not None and epsilon_high <= 0):
             raise ValueError(
-                f"epsilon must be in (0, 1) and epsilon_high > 0, got {epsilon}, {epsilon_high}"
+                f"epsilon must be in (0, 1] and epsilon_high > 0, got {epsilon}, {epsilon_high}"
             )
+        check_surrogate(
+            surrogate, importance_sampling_level, (sapo_temperature_pos, sapo_temperature_neg)
+        )
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         if importance_sampling_level not in ("token", "sequence"):
@@ -105,6 +121,8 @@ class GRPOModule(PolicyModule):
         self.epsilon_high = epsilon_high
         self.loss_type = loss_type
         self.importance_sampling_level = importance_sampling_level
+        self.surrogate = surrogate
+        self.sapo_temperatures = (sapo_temperature_pos, sapo_temperature_neg)
         self.policy_update.plan = dataclasses.replace(
             self.policy_update.plan, epochs=num_iterations, aggregation=aggregation_of(loss_type)
         )
@@ -134,9 +152,26 @@ class GRPOModule(PolicyModule):
             kl_estimator=self.loss_kl_estimator,
             importance_sampling_level=self.importance_sampling_level,
             max_completion_length=self.sampler.max_rollout_tokens,  # (an episode's budget)
+            surrogate=self.surrogate,
+            sapo_temperatures=self.sapo_temperatures,
         )
         self.manual_backward(loss * weight)
         entropy = masked_mean(entropy, micro.loss_mask)
         return MicroBatchLoss(
             {"loss": loss.detach(), "entropy": entropy, **stats}, logprobs.detach()
         )
+
+
+def check_surrogate(
+    surrogate: Surrogate, level: ImportanceSamplingLevel, sapo_temperatures: tuple[float, float]
+) -> None:
+    """The surrogate's own constraints, named with the fix."""
+    if surrogate not in ("clip", "cispo", "sapo"):
+        raise ValueError(f"surrogate must be 'clip', 'cispo' or 'sapo', got {surrogate!r}")
+    if surrogate == "cispo" and level != "token":
+        raise ValueError(
+            "surrogate: cispo weighs each token by its own clipped ratio (MiniMax-M1 §3.1): "
+            "use importance_sampling_level: token"
+        )
+    if surrogate == "sapo" and min(sapo_temperatures) <= 0:
+        raise ValueError(f"SAPO's temperatures must be > 0, got {sapo_temperatures}")

@@ -43,6 +43,16 @@ MAX_COMPLETION_LENGTH = 8  # Dr. GRPO's constant: the budget, longer than any co
 EPSILON, EPSILON_HIGH, BETA, KL_COEF = 0.2, 0.28, 0.04, 0.05
 GSPO_EPSILON, GSPO_EPSILON_HIGH = 3e-4, 4e-4
 GAMMA, LAM = 1.0, 0.95
+SAPO_TAU_POS, SAPO_TAU_NEG = 1.0, 1.05  # SAPO's temperatures (the paper's)
+# Each loss of the table: (lit_rl's loss_type, its surrogate). CISPO's own aggregation is DAPO's
+# token mean (MiniMax-M1 §3.1), SAPO's GRPO's sequence mean (Gao et al., 2025, §3); the others
+# pair them with the other aggregation.
+SURROGATE_LOSSES = {
+    "cispo": ("dapo", "cispo"),
+    "cispo_seq_mean": ("grpo", "cispo"),
+    "sapo": ("grpo", "sapo"),
+    "sapo_token_mean": ("dapo", "sapo"),
+}
 AGREEMENT = 1e-10  # float64 throughout: the two columns agree to rounding
 
 
@@ -202,18 +212,30 @@ def naive_loss(b: Batch, advantages: list[list[float]], loss: str, kl: str | Non
         terms = []
         for t in range(length):
             a = advantages[i][t]
-            clipped = torch.clamp(ratios[t], 1 - low, 1 + high)
-            term = torch.minimum(ratios[t] * a, clipped * a)
+            if loss.startswith("cispo"):  # MiniMax-M1 §3.1: sg(clip(r)) A log pi
+                weight = torch.clamp(ratios[t], 1 - low, 1 + high).detach()
+                term = weight * a * b.logprobs[i, t]
+            elif loss.startswith("sapo"):  # SAPO §3: 4/tau sigmoid(tau (r - 1)) A
+                tau = SAPO_TAU_POS if a > 0 else SAPO_TAU_NEG
+                term = 4 / tau / (1 + torch.exp(-tau * (ratios[t] - 1))) * a
+            else:
+                clipped = torch.clamp(ratios[t], 1 - low, 1 + high)
+                term = torch.minimum(ratios[t] * a, clipped * a)
             if kl is not None:
                 term = term - BETA * naive_kl(b.logprobs[i, t], b.ref_logprobs[i, t], kl)
             terms.append(term)
         per_completion.append(terms)
     num_tokens = sum(len(terms) for terms in per_completion)
-    if loss in ("grpo", "gspo"):  # DeepSeekMath Eq. 3: 1/G sum_i 1/|o_i| sum_t
+    if loss in (
+        "grpo",
+        "gspo",
+        "sapo",
+        "cispo_seq_mean",
+    ):  # DeepSeekMath Eq. 3: 1/G sum_i 1/|o_i| sum_t
         objective = sum(sum(terms) / len(terms) for terms in per_completion) / N
     elif loss == "dr_grpo":  # Liu et al., 2025: a constant normaliser
         objective = sum(sum(terms) for terms in per_completion) / (N * MAX_COMPLETION_LENGTH)
-    elif loss in ("dapo", "bnpo", "ppo"):  # DAPO Eq. 12; PPO's token mean; one micro-batch
+    elif loss in ("dapo", "bnpo", "ppo", "cispo", "sapo_token_mean"):  # DAPO Eq. 12; token means
         objective = sum(sum(terms) for terms in per_completion) / num_tokens
     else:
         raise ValueError(loss)
@@ -231,7 +253,7 @@ ESTIMATORS: dict[str, Callable[[], AdvantageEstimator]] = {
     "process": ProcessSupervised,
     "gae": lambda: GAE(gamma=GAMMA, lam=LAM),
 }
-LOSSES = ["grpo", "dr_grpo", "dapo", "bnpo", "gspo", "ppo"]
+LOSSES = ["grpo", "dr_grpo", "dapo", "bnpo", "gspo", "ppo", *SURROGATE_LOSSES]
 KL_ESTIMATORS = ["k1", "k2", "k3"]
 
 
@@ -259,6 +281,7 @@ def library_loss(b: Batch, advantages: torch.Tensor, loss: str, kl: str | None) 
         )  # fmt: skip
         return value
     gspo = loss == "gspo"
+    loss_type, surrogate = SURROGATE_LOSSES.get(loss, ("grpo" if gspo else loss, "clip"))
     value, _ = grpo_loss(
         b.logprobs,
         b.old_logprobs,
@@ -268,10 +291,12 @@ def library_loss(b: Batch, advantages: torch.Tensor, loss: str, kl: str | None) 
         epsilon=GSPO_EPSILON if gspo else EPSILON,
         epsilon_high=GSPO_EPSILON_HIGH if gspo else EPSILON_HIGH,
         beta=beta,
-        loss_type="grpo" if gspo else loss,
+        loss_type=loss_type,
         kl_estimator=kl or "k3",
         importance_sampling_level="sequence" if gspo else "token",
         max_completion_length=MAX_COMPLETION_LENGTH,
+        surrogate=surrogate,
+        sapo_temperatures=(SAPO_TAU_POS, SAPO_TAU_NEG),
     )
     return value
 
@@ -387,7 +412,11 @@ def markdown(table: list[Row]) -> str:
         "Sources: grpo = DeepSeekMath Eq. 3 (Shao et al., 2024); dr_grpo = Dr. GRPO (Liu et al., "
         "2025); dapo = DAPO Eq. 12 (Yu et al., 2025); bnpo = TRL's local-batch token mean (one "
         "micro-batch here, so equal to dapo, as ppo is: both are token means of the same "
-        "clipped terms); gspo = GSPO Eq. 5-7 (Zheng et al., 2025); ppo = "
+        "clipped terms); gspo = GSPO Eq. 5-7 (Zheng et al., 2025); cispo = CISPO (MiniMax-M1, "
+        "2025, §3.1: sg(clip(r, 1 - epsilon, 1 + epsilon_high)) A log pi, DAPO's token mean), "
+        "cispo_seq_mean the same with GRPO's sequence mean; sapo = SAPO (Gao et al., 2025, "
+        f"§3: 4/tau sigmoid(tau (r - 1)) A, tau {SAPO_TAU_POS} where A > 0 else {SAPO_TAU_NEG}, "
+        "GRPO's sequence mean), sapo_token_mean the same with DAPO's token mean; ppo = "
         "the clipped surrogate (Schulman et al., 2017) with a token mean; group_normalized = "
         "DeepSeekMath §4.1.2; process = §4.1.3; rloo = Ahmadian et al., 2024, Eq. 5; "
         "reinforce++ = Hu et al., 2025; gae = Schulman et al., 2016, Eq. 16, whitened. KL "

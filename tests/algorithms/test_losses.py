@@ -60,6 +60,75 @@ def test_grpo_loss_hand_values():
     assert stats["kl"].item() == pytest.approx(k3 / 3, abs=1e-12)
 
 
+def test_cispo_hand_values_and_every_token_keeps_its_gradient():
+    lp, old, ref, adv, mask = _hand_batch()
+    lp = lp.clone().requires_grad_(True)
+    loss, stats = grpo_loss(
+        lp, old, ref, adv, mask, epsilon=0.2, beta=0.0, loss_type="dapo", surrogate="cispo"
+    )
+    # Weights sg(clip(r, 0.8, 1.2)): c0 [1, 1.5 -> 1.2], c1 [0.5 -> 0.8]; times A log pi,
+    # token mean over the 3 tokens (DAPO), negated.
+    expected = -(1 * 1 * -1.0 + 1.2 * 1 * -2.0 + 0.8 * -0.5 * -0.5) / 3
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+    assert stats["clip_ratio"].item() == pytest.approx(2 / 3, abs=1e-12)
+    (grad,) = torch.autograd.grad(loss, lp)
+    # d/d log pi: -weight * A / 3 on every counted token, the clipped ones too (PPO's clip
+    # would give 0 at c0 t1 and c1 t0); nothing through the weight.
+    expected_grad = torch.tensor([[-1 / 3, -1.2 / 3], [0.8 * 0.5 / 3, 0.0]], **F64)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
+
+
+def test_sapo_hand_values_and_its_gradient_is_the_policy_gradient_at_ratio_one():
+    lp, old, ref, adv, mask = _hand_batch()
+    lp = lp.clone().requires_grad_(True)
+    loss, stats = grpo_loss(
+        lp, old, ref, adv, mask, beta=0.0, surrogate="sapo", sapo_temperatures=(1.0, 2.0)
+    )
+
+    def gate(r: float, tau: float) -> float:
+        return 4 / tau / (1 + math.exp(-tau * (r - 1)))
+
+    # c0 (A = 1, tau 1): ratios 1, 1.5; c1 (A = -0.5, tau 2): ratio 0.5. GRPO's sequence mean.
+    c0 = (gate(1.0, 1.0) + gate(1.5, 1.0)) / 2
+    c1 = gate(0.5, 2.0) * -0.5
+    assert loss.item() == pytest.approx(-(c0 + c1) / 2, abs=1e-12)
+    assert stats["clip_ratio"].item() == 0.0
+    (grad,) = torch.autograd.grad(loss, lp)
+    # d f / d log pi = r * 4 sigmoid'(tau (r - 1)) = 4 r s (1 - s): A / (|o| G) at r = 1.
+    s0 = 1 / (1 + math.exp(-0.5))
+    s1 = 1 / (1 + math.exp(1.0))
+    expected_grad = [
+        [-1 / 4, -1.5 * 4 * s0 * (1 - s0) / 4],
+        [0.5 * 0.5 * 4 * s1 * (1 - s1) / 2, 0.0],
+    ]
+    torch.testing.assert_close(grad, torch.tensor(expected_grad, **F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(("surrogate", "loss_type"), [("cispo", "dapo"), ("sapo", "grpo")])
+def test_cispo_and_sapo_accumulate_exactly_over_micro_batches(surrogate, loss_type):
+    g = torch.Generator().manual_seed(0)
+    lp = -torch.rand(6, 5, generator=g, **F64) - 0.1
+    old = lp + 0.3 * torch.randn(6, 5, generator=g, **F64)
+    ref = lp + 0.2 * torch.randn(6, 5, generator=g, **F64)
+    adv = torch.randn(6, generator=g, **F64)
+    mask = torch.arange(5)[None, :] < torch.tensor([5, 1, 3, 2, 4, 5])[:, None]
+    args = dict(epsilon=0.2, epsilon_high=0.28, beta=0.04, loss_type=loss_type)
+    leaf = lp.clone().requires_grad_(True)
+    whole, _ = grpo_loss(leaf, old, ref, adv, mask, surrogate=surrogate, **args)
+    (whole_grad,) = torch.autograd.grad(whole, leaf)
+    aggregation = {"dapo": "batch_token_mean", "grpo": "sequence_mean"}[loss_type]
+    leaf = lp.clone().requires_grad_(True)
+    accumulated = 0.0
+    for rows in [slice(0, 1), slice(1, 4), slice(4, 6)]:  # uneven on purpose
+        part, _ = grpo_loss(
+            leaf[rows], old[rows], ref[rows], adv[rows], mask[rows], surrogate=surrogate, **args
+        )
+        accumulated = accumulated + micro_batch_weight(mask[rows], mask, aggregation) * part
+    (accumulated_grad,) = torch.autograd.grad(accumulated, leaf)
+    torch.testing.assert_close(accumulated, whole, rtol=0, atol=1e-12)
+    torch.testing.assert_close(accumulated_grad, whole_grad, rtol=0, atol=1e-12)
+
+
 def test_loss_types_change_only_aggregation():
     lp, old, ref, adv, mask = _hand_batch()
     k3 = 1 - LN2

@@ -193,7 +193,13 @@ def test_without_rollout_callback_the_error_says_what_to_add(tiny_model_dir):
         (dict(temperature=0.0), "temperature must be > 0"),
         (dict(beta=-1.0), "beta and kl_coef must be >= 0"),
         (dict(num_iterations=0), "num_iterations must be >= 1"),
-        (dict(epsilon=1.5), "epsilon must be in \\(0, 1\\)"),
+        (dict(epsilon=1.5), "epsilon must be in \\(0, 1\\]"),
+        (dict(surrogate="soft"), "surrogate must be 'clip', 'cispo' or 'sapo'"),
+        (
+            dict(surrogate="cispo", importance_sampling_level="sequence"),
+            "cispo weighs each token .* importance_sampling_level: token",
+        ),
+        (dict(surrogate="sapo", sapo_temperature_neg=0.0), "SAPO's temperatures must be > 0"),
         (dict(importance_sampling_level="group"), "must be 'token' or 'sequence'"),
         (dict(loss_type="bogus"), "unknown loss_type"),
         (

@@ -119,9 +119,10 @@ def build_module(case: str, model_dir: str) -> PolicyModule:
         learning_rate=1e-2,
     )
     if case == "grpo_lora":  # token mean over the global batch: ranks' token counts differ
-        return GRPOModule(**common, lora=lora, loss_type="dapo")
-    if case == "grpo_full":
-        return GRPOModule(**{**common, "learning_rate": 1e-3}, lora=None)
+        # (CISPO's weight on each token: the surrogates are per token, the aggregation splits)
+        return GRPOModule(**common, lora=lora, loss_type="dapo", surrogate="cispo")
+    if case == "grpo_full":  # SAPO's gate, GRPO's sequence mean
+        return GRPOModule(**{**common, "learning_rate": 1e-3}, lora=None, surrogate="sapo")
     if case == "ppo_lora":
         return PPOModule(**common, lora=lora, ppo_epochs=2, kl_target=0.01)
     if case == "ppo_episodes":  # GAE over turns; an environment that ignores its seed (the
