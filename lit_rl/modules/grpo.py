@@ -85,20 +85,12 @@ class GRPOModule(PolicyModule):
         super().__init__(*args, **kwargs)
         if beta < 0 or kl_coef < 0:
             raise ValueError(f"GRPOModule: beta and kl_coef must be >= 0, got {beta}, {kl_coef}")
-        if not 0 < epsilon <= 1 or (epsilon_high is not None and epsilon_high <= 0):
-            raise ValueError(
-                f"epsilon must be in (0, 1] and epsilon_high > 0, got {epsilon}, {epsilon_high}"
-            )
-        check_surrogate(
-            surrogate, importance_sampling_level, (sapo_temperature_pos, sapo_temperature_neg)
-        )
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
-        if importance_sampling_level not in ("token", "sequence"):
-            raise ValueError(
-                "importance_sampling_level must be 'token' or 'sequence', got "
-                f"{importance_sampling_level!r}"
-            )
+        sapo_temperatures = (sapo_temperature_pos, sapo_temperature_neg)
+        check_ratio_settings(
+            epsilon, epsilon_high, importance_sampling_level, surrogate, sapo_temperatures
+        )
         if advantage_estimator is not None and not scale_rewards:
             raise ValueError(
                 "scale_rewards configures the default estimator; with an advantage_estimator "
@@ -122,7 +114,7 @@ class GRPOModule(PolicyModule):
         self.loss_type = loss_type
         self.importance_sampling_level = importance_sampling_level
         self.surrogate = surrogate
-        self.sapo_temperatures = (sapo_temperature_pos, sapo_temperature_neg)
+        self.sapo_temperatures = sapo_temperatures
         self.policy_update.plan = dataclasses.replace(
             self.policy_update.plan, epochs=num_iterations, aggregation=aggregation_of(loss_type)
         )
@@ -162,10 +154,21 @@ class GRPOModule(PolicyModule):
         )
 
 
-def check_surrogate(
-    surrogate: Surrogate, level: ImportanceSamplingLevel, sapo_temperatures: tuple[float, float]
+def check_ratio_settings(
+    epsilon: float,
+    epsilon_high: float | None,
+    level: ImportanceSamplingLevel,
+    surrogate: Surrogate,
+    sapo_temperatures: tuple[float, float],
 ) -> None:
-    """The surrogate's own constraints, named with the fix."""
+    """The clip range, the ratio's level and the surrogate's own constraints, named with the
+    fix."""
+    if not 0 < epsilon <= 1 or (epsilon_high is not None and epsilon_high <= 0):
+        raise ValueError(
+            f"epsilon must be in (0, 1] and epsilon_high > 0, got {epsilon}, {epsilon_high}"
+        )
+    if level not in ("token", "sequence"):
+        raise ValueError(f"importance_sampling_level must be 'token' or 'sequence', got {level!r}")
     if surrogate not in ("clip", "cispo", "sapo"):
         raise ValueError(f"surrogate must be 'clip', 'cispo' or 'sapo', got {surrogate!r}")
     if surrogate == "cispo" and level != "token":
