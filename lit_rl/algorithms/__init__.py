@@ -29,7 +29,6 @@ from lit_rl.algorithms.losses import (
     ImportanceSamplingLevel,
     KLEstimator,
     LossType,
-    Surrogate,
     aggregate,
     aggregation_count,
     aggregation_of,
@@ -50,6 +49,7 @@ from lit_rl.algorithms.sampler_mismatch import (
     sampler_mismatch,
 )
 from lit_rl.algorithms.shaping import last_counted_token, overlong_penalty, token_level_rewards
+from lit_rl.algorithms.surrogates import Surrogate, surrogate_terms
 
 __all__ = [
     "AGGREGATIONS",
